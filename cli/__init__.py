@@ -1,0 +1,1 @@
+"""nova's command line: thin Typer modules over `pipelines`."""

@@ -1,0 +1,70 @@
+"""The `nova` command: assembles the command groups and turns NovaErrors into exit codes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from cli import _common
+from pipelines.errors import NovaError
+
+
+class _NovaGroup(TyperGroup):
+    """Root group: one place that maps expected errors to a red message and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except NovaError as exc:
+            _common.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+            if exc.hint:
+                _common.err.print(f"[yellow]hint:[/] {exc.hint}")
+            raise click.exceptions.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            _common.err.print("[red]interrupted[/]")
+            raise click.exceptions.Exit(130) from None
+
+
+app = typer.Typer(
+    name="nova",
+    cls=_NovaGroup,
+    help="Run the real-time card-transaction analytics pipeline: Kafka → stream workers → ClickHouse.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    config: Path | None = typer.Option(
+        None, "--config", "-c", help="Config file (default: $NOVA_CONFIG or configs/nova.yaml).", show_default=False
+    ),
+) -> None:
+    """nova — provision, ingest, verify and load-test the card-transaction pipeline.
+
+    Example: nova stack up && nova provision --yes && nova ingest --until-caught-up
+    """
+    _common.state.config_path = config
+    _common.state._settings = None
+
+
+def _register() -> None:
+    from cli import provision, query, stack
+
+    app.add_typer(stack.app, name="stack")
+    app.add_typer(provision.app)
+    app.add_typer(query.app)
+
+
+_register()
+
+
+def main() -> None:
+    app()

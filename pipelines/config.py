@@ -1,0 +1,267 @@
+"""Typed, validated configuration: `configs/nova.yaml` plus `NOVA_…` environment overrides.
+
+Every section is a pydantic model with descriptions and sane defaults. Loading never
+touches a service: a bad file raises `ConfigError` (exit 2) naming the file, the key
+and the fix before anything is started or changed.
+
+Environment overrides use `NOVA_<SECTION>__<KEY>` (double underscore between levels),
+e.g. `NOVA_KAFKA__BOOTSTRAP_SERVERS=broker:9092` or `NOVA_CLICKHOUSE__URL=clickhouse://…`.
+Values are parsed as YAML scalars, so `NOVA_PIPELINE__BATCH_MAX_ROWS=1000` is an int.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipelines.errors import ConfigError
+
+ENV_PREFIX = "NOVA_"
+# Variables with the prefix that are not overrides of a key.
+_ENV_RESERVED = {"NOVA_CONFIG", "NOVA_HOME"}
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = Field("127.0.0.1:19092", description="Comma-separated host:port list of brokers.")
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="librdkafka security.protocol."
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] | None = Field(
+        None, description="SASL mechanism when security_protocol is SASL_*."
+    )
+    sasl_username: str | None = Field(None, description="SASL username.")
+    sasl_password: str | None = Field(None, description="SASL password (prefer NOVA_KAFKA__SASL_PASSWORD).")
+    ssl_ca_location: str | None = Field(None, description="CA bundle for SSL/SASL_SSL.")
+    client: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="Extra librdkafka settings passed to every client as-is."
+    )
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka configuration shared by producers, consumers and the admin client."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "security.protocol": self.security_protocol,
+        }
+        if self.sasl_mechanism:
+            conf["sasl.mechanism"] = self.sasl_mechanism
+        if self.sasl_username is not None:
+            conf["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            conf["sasl.password"] = self.sasl_password
+        if self.ssl_ca_location:
+            conf["ssl.ca.location"] = self.ssl_ca_location
+        conf.update(self.client)
+        return conf
+
+
+class SchemaRegistrySettings(_Section):
+    url: str = Field(
+        "file://configs/schemas",
+        description="file://DIR (ids pinned in DIR/registry.yaml) or http(s):// Confluent-compatible registry.",
+    )
+    basic_auth: str | None = Field(None, description="user:password for an http(s) registry.")
+    compatibility: Literal["BACKWARD", "FORWARD", "FULL", "NONE"] = Field(
+        "BACKWARD", description="Compatibility a new version must have with the latest one."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("file://", "http://", "https://")):
+            raise ValueError("must start with file://, http:// or https://")
+        return v
+
+
+class ClickHouseSettings(_Section):
+    url: str = Field(
+        "chdb://.nova/chdb",
+        description="chdb://PATH (embedded, one process) or clickhouse://user:pass@host:port/db (native protocol).",
+    )
+    database: str = Field("nova", description="Database holding nova's tables.")
+    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for the native protocol.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not v.startswith(("chdb://", "clickhouse://")):
+            raise ValueError("must start with chdb:// or clickhouse://")
+        return v
+
+
+class LegacySettings(_Section):
+    dsn: str = Field(
+        "postgresql://nova@127.0.0.1:15432/legacy",
+        description="libpq DSN of the legacy batch warehouse (PostgreSQL).",
+    )
+    schema_name: str = Field("legacy", alias="schema", description="Schema of the legacy tables.")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RulesSettings(_Section):
+    min_amount_minor: int = Field(1, description="Smallest valid amount in minor units (amount > 0).")
+    max_amount_minor: int = Field(10**11, description="Largest valid amount in minor units.")
+    currencies: list[str] = Field(
+        default_factory=lambda: ["EUR", "USD", "GBP", "CHF", "SEK", "PLN", "JPY"],
+        description="ISO 4217 currencies accepted.",
+    )
+    max_future_s: int = Field(300, ge=0, description="Reject events whose time is further ahead than this.")
+    max_past_days: int = Field(3650, ge=1, description="Reject events older than this.")
+
+
+class PipelineSettings(_Section):
+    topic: str = Field("transactions", description="Topic of card transactions.")
+    dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic for undecodable/invalid events.")
+    subject: str = Field("transactions-value", description="Schema-registry subject of the topic's values.")
+    group_id: str = Field("nova-ingest", description="Consumer group of the ingest workers.")
+    table: str = Field("transactions", description="ClickHouse table of ingested transactions.")
+    batch_max_rows: int = Field(100_000, ge=1, description="Insert when a batch reaches this many rows…")
+    batch_max_seconds: float = Field(1.0, gt=0, description="…or when its oldest event waited this long.")
+    reporting_currency: str = Field("EUR", description="Currency of amount_reporting.")
+    merchants: str = Field("configs/reference/merchants.csv", description="Merchant dimension (CSV).")
+    fx_rates: str = Field("configs/reference/fx_rates.csv", description="FX rates to the reporting currency (CSV).")
+    rules: RulesSettings = Field(default_factory=RulesSettings, description="Business validation rules.")
+
+
+class SloSettings(_Section):
+    insight_latency_p99_s: float = Field(5.0, gt=0, description="End-to-end latency p99 (insert − event time).")
+    query_p95_ms: float = Field(1000.0, gt=0, description="Analytics query latency p95.")
+    max_error_rate: float = Field(0.001, ge=0, le=1, description="Largest tolerated failed-request rate.")
+
+
+class StackSettings(_Section):
+    state_dir: str = Field(".nova", description="Where the local stack keeps data, logs and PIDs.")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
+    kafka_port: int = Field(19092, description="Kafka broker listener on 127.0.0.1.")
+    kafka_controller_port: int = Field(19093, description="KRaft controller listener on 127.0.0.1.")
+    kafka_heap: str = Field("1G", description="Kafka JVM heap (-Xmx/-Xms).")
+    postgres_port: int = Field(15432, description="PostgreSQL port on 127.0.0.1.")
+    clickhouse_tcp_port: int = Field(19000, description="clickhouse-server native port on 127.0.0.1.")
+    clickhouse_http_port: int = Field(18123, description="clickhouse-server HTTP port on 127.0.0.1.")
+
+
+class Settings(BaseModel):
+    """The whole configuration, plus where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)  # type: ignore[arg-type]
+    schema_registry: SchemaRegistrySettings = Field(default_factory=SchemaRegistrySettings)  # type: ignore[arg-type]
+    clickhouse: ClickHouseSettings = Field(default_factory=ClickHouseSettings)  # type: ignore[arg-type]
+    legacy: LegacySettings = Field(default_factory=LegacySettings)  # type: ignore[arg-type]
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
+    peak_events_per_second: int = Field(50_000, gt=0, description="Expected production peak (load tests run 3x).")
+    slo: SloSettings = Field(default_factory=SloSettings)  # type: ignore[arg-type]
+    stack: StackSettings = Field(default_factory=StackSettings)  # type: ignore[arg-type]
+
+    # Not configuration: where the file was and what relative paths are relative to.
+    source: Path = Field(default=Path("configs/nova.yaml"), exclude=True)
+    root: Path = Field(default=Path("."), exclude=True)
+
+    def resolve(self, path: str | Path) -> Path:
+        """A configured path, made absolute against the project root."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p).resolve()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.resolve(self.stack.state_dir)
+
+    @property
+    def configs_dir(self) -> Path:
+        return self.source.parent
+
+
+def default_config_path() -> Path:
+    """`$NOVA_CONFIG`, else `./configs/nova.yaml`, else the project's own `configs/nova.yaml`."""
+    env = os.environ.get("NOVA_CONFIG")
+    if env:
+        return Path(env)
+    local = Path.cwd() / "configs" / "nova.yaml"
+    return local if local.exists() else PACKAGE_ROOT / "configs" / "nova.yaml"
+
+
+def _project_root(config_path: Path) -> Path:
+    home = os.environ.get("NOVA_HOME")
+    if home:
+        return Path(home).resolve()
+    parent = config_path.resolve().parent
+    return parent.parent if parent.name == "configs" else parent
+
+
+def _apply_env(raw: dict[str, Any], environ: dict[str, str]) -> list[str]:
+    applied = []
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in _ENV_RESERVED:
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = raw
+        for key in path[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = {}
+                node[key] = child
+            node = child
+        try:
+            node[path[-1]] = yaml.safe_load(value) if value != "" else ""
+        except yaml.YAMLError:
+            node[path[-1]] = value
+        applied.append(name)
+    return applied
+
+
+def _describe(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(top level)"
+
+
+def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | None = None) -> Settings:
+    """Read, merge env overrides into, and validate the configuration. Raises `ConfigError`."""
+    config_path = Path(path) if path is not None else default_config_path()
+    environ = dict(os.environ) if environ is None else environ
+    if not config_path.exists():
+        raise ConfigError(
+            f"config file {config_path} does not exist",
+            hint="pass --config PATH or set NOVA_CONFIG, or run from the project directory",
+        )
+    try:
+        text = config_path.read_text()
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{config_path}{where}: invalid YAML ({problem})", hint="fix the syntax") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {config_path}: {exc.strerror}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    env_keys = _apply_env(raw, environ)
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = _describe(err["loc"])
+            env_name = ENV_PREFIX + "__".join(str(p).upper() for p in err["loc"])
+            origin = f"environment {env_name}" if env_name in env_keys else f"{config_path}"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{origin}: unknown key '{key}' — remove it or check its spelling")
+            else:
+                got = err.get("input")
+                got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+                lines.append(f"{origin}: key '{key}': {err['msg']}{got_text}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+    settings.source = config_path.resolve()
+    settings.root = _project_root(config_path)
+    return settings
