@@ -1,0 +1,47 @@
+# nova — `make help` lists the targets.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+NOVA    = $(BIN)/nova
+STAMP   = $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help install stack demo test test-unit lint bench clean
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install nova with its dev tools
+
+stack: install ## Start Kafka, PostgreSQL and clickhouse-server (idempotent)
+	$(NOVA) stack up --with clickhouse-server
+
+demo: install ## Fresh machine → stack up, provision, and the pipeline's main job on the embedded store
+	$(NOVA) stack up
+	$(NOVA) provision --yes
+	$(NOVA) stack status
+
+test: stack ## Run the whole test suite against the real services
+	$(BIN)/python -m pytest
+
+test-unit: install ## Only the tests that need no service
+	$(BIN)/python -m pytest -m "not integration and not server"
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check cli pipelines tests
+	$(BIN)/ruff format --check cli pipelines tests
+	$(BIN)/mypy
+
+bench: install ## Benchmarks; figures go to docs/BENCHMARKS.md
+	$(NOVA) stack up
+	$(BIN)/python bench/run.py
+
+clean: ## Stop the stack and remove its state (data too)
+	-$(NOVA) stack down
+	rm -rf .nova
