@@ -56,11 +56,15 @@ def _root(
 
 
 def _register() -> None:
-    from cli import provision, query, stack
+    from cli import dlq, ingest, parity, provision, query, stack, status
 
     app.add_typer(stack.app, name="stack")
     app.add_typer(provision.app)
     app.add_typer(query.app)
+    app.add_typer(parity.app)
+    app.add_typer(ingest.app)
+    app.add_typer(status.app)
+    app.add_typer(dlq.app, name="dlq")
 
 
 _register()

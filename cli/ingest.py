@@ -1,0 +1,124 @@
+"""`nova ingest`: run the stream workers with a live status."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import typer
+
+from cli import _common
+
+app = typer.Typer()
+
+
+def format_live(statuses: list[Any], started: float):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    elapsed = max(time.time() - started, 1e-6)
+    events = sum(s.events for s in statuses)
+    dlq = sum(sum(s.rejected.values()) for s in statuses)
+    table = Table(
+        title=f"nova ingest — {events:,} events, {events / elapsed:,.0f}/s, {dlq:,} dead-lettered", title_justify="left"
+    )
+    for col in ("worker", "state", "partitions", "lag", "last batch", "insert", "latency p50/p99", "note"):
+        table.add_column(col)
+    for s in statuses:
+        lag = sum(s.lag.values()) if s.lag else 0
+        lat = (
+            f"{s.latency_p50_ms / 1000:.2f}s / {s.latency_p99_ms / 1000:.2f}s"
+            if s.latency_p50_ms is not None and s.latency_p99_ms is not None
+            else "-"
+        )
+        state = {"waiting": "[yellow]waiting[/]", "running": "[green]running[/]"}.get(s.state, s.state)
+        table.add_row(
+            s.worker.rsplit("-", 1)[-1],
+            state,
+            ",".join(map(str, s.assigned)) or "-",
+            f"{lag:,}",
+            f"{s.last_batch_rows:,}",
+            f"{s.last_insert_s * 1000:.0f} ms",
+            lat,
+            s.reason,
+        )
+    return table
+
+
+def format_report(report: Any):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    table = Table(title="ingest summary", title_justify="left", show_header=False)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("events inserted", f"{report.events:,}")
+    table.add_row("dead-lettered", f"{sum(report.rejected.values()):,}")
+    for reason, n in sorted(report.rejected.items()):
+        table.add_row(f"  {reason}", f"{n:,}")
+    table.add_row("batches", f"{report.batches:,}")
+    table.add_row("elapsed", f"{report.elapsed_s:.1f} s")
+    table.add_row("events/s achieved", f"{report.events_per_s:,.0f}")
+    if report.latency_p50_ms is not None:
+        table.add_row("end-to-end latency p50", f"{report.latency_p50_ms / 1000:.2f} s")
+        table.add_row("end-to-end latency p99", f"{report.latency_p99_ms / 1000:.2f} s")
+    if report.recovered_partitions:
+        table.add_row("partitions recovered after a crash", f"{report.recovered_partitions}")
+        table.add_row("events found already stored", f"{report.skipped_present:,}")
+    return table
+
+
+@app.command("ingest")
+def ingest_cmd(
+    workers: int = typer.Option(1, "--workers", "-w", help="Worker processes in the consumer group (server only)."),
+    until_caught_up: bool = typer.Option(
+        False, "--until-caught-up", help="Exit 0 once every partition's lag is zero (demo, tests, cron)."
+    ),
+    metrics_port: int | None = typer.Option(None, "--metrics-port", help="Serve Prometheus metrics on 127.0.0.1:PORT."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No live status; only the summary."),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Consume transactions from Kafka into ClickHouse, exactly once, with a dead-letter topic.
+
+    SIGTERM/SIGINT flush the current batch, commit and leave the group. If ClickHouse is
+    unavailable the workers pause, retry with backoff and resume by themselves.
+
+    Example: nova ingest --until-caught-up
+    """
+    from dataclasses import asdict
+
+    from rich.live import Live
+
+    from pipelines.ingest import run_ingest
+    from pipelines.ingest.worker import check_workers, install_stop_handlers
+
+    settings = _common.settings()
+    check_workers(settings, workers)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    metrics = None
+    if metrics_port:
+        from pipelines.ingest.metrics import Metrics
+
+        metrics = Metrics(metrics_port)
+    started = time.time()
+    live = None if quiet or json_out else Live(console=_common.err, refresh_per_second=2, transient=False)
+
+    def on_status(statuses: list[Any]) -> None:
+        if metrics:
+            metrics.update(statuses)
+        if live:
+            live.update(format_live(statuses, started))
+
+    if live:
+        live.start()
+    try:
+        report = run_ingest(
+            settings=settings, workers=workers, until_caught_up=until_caught_up, on_status=on_status, stop_event=stop
+        )
+    finally:
+        if live:
+            live.stop()
+    if json_out:
+        _common.print_json(asdict(report))
+    else:
+        _common.out.print(format_report(report))

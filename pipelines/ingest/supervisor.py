@@ -1,0 +1,170 @@
+"""`--workers N`: N worker processes in one consumer group, restarted if one dies."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+from pipelines.errors import NovaError
+from pipelines.ingest.worker import WorkerStatus
+
+if TYPE_CHECKING:
+    from pipelines.config import Settings
+
+RESTART_DELAY_S = 1.0
+FATAL_EXIT = 3
+CRASH_LOOP = (5, 60.0)  # this many crashes (exit code > 0) within this many seconds: give up
+STOP_GRACE_S = 9.0
+
+
+def _child(settings_json: str, source: str, root: str, index: int, until_caught_up: bool, q: Any) -> None:
+    from pathlib import Path
+
+    from pipelines.config import Settings
+    from pipelines.ingest.worker import install_stop_handlers, run_worker
+
+    settings = Settings.model_validate_json(settings_json)
+    settings.source, settings.root = Path(source), Path(root)
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    last = 0.0
+
+    def report(status: WorkerStatus) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if now - last >= 0.5 or status.state in ("stopped", "waiting"):
+            last = now
+            q.put((index, asdict(status)))
+
+    _stop_with_parent(stop)
+    try:
+        status = run_worker(
+            settings=settings,
+            until_caught_up=until_caught_up,
+            index=index,
+            static_membership=True,
+            on_status=report,
+            stop_event=stop,
+        )
+    except NovaError as exc:  # an expected failure (e.g. table missing): no point restarting
+        q.put((index, {"fatal": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}))
+        raise SystemExit(FATAL_EXIT) from None
+    q.put((index, asdict(status)))
+
+
+def _stop_with_parent(stop: threading.Event) -> None:
+    """A worker whose supervisor died (kill -9) stops too, gracefully, instead of running orphaned."""
+    import os
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not stop.wait(0.5):
+            if os.getppid() != parent:
+                stop.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def supervise(
+    *,
+    settings: Settings,
+    workers: int,
+    until_caught_up: bool,
+    on_status: Callable[[list[WorkerStatus]], None] | None,
+    stop_event: threading.Event,
+) -> list[WorkerStatus]:
+    ctx = mp.get_context("spawn")
+    q: Any = ctx.Queue()
+    payload = settings.model_dump_json(by_alias=True)
+    procs: dict[int, Any] = {}
+    latest: dict[int, WorkerStatus] = {}
+    retired: list[WorkerStatus] = []  # last words of crashed incarnations, so totals stay right
+    done: set[int] = set()
+    restart_at: dict[int, float] = {}
+    crashes: list[float] = []
+
+    def start(i: int) -> None:
+        proc = ctx.Process(
+            target=_child,
+            name=f"nova-ingest-{i}",
+            daemon=False,
+            args=(payload, str(settings.source), str(settings.root), i, until_caught_up, q),
+        )
+        proc.start()
+        procs[i] = proc
+
+    for i in range(workers):
+        start(i)
+    try:
+        while True:
+            fatal = _drain(q, latest)
+            if fatal:
+                raise _fatal(fatal)
+            if on_status:
+                on_status([*latest.values()])
+            if stop_event.is_set():
+                break
+            for i, proc in list(procs.items()):
+                if i in done or proc.is_alive():
+                    continue
+                if proc.exitcode == 0 and until_caught_up:
+                    done.add(i)
+                    continue
+                # Died (kill -9, crash) or stopped on its own without being asked: restart it.
+                if i not in restart_at:
+                    if proc.exitcode is not None and proc.exitcode > 0:
+                        now = time.monotonic()
+                        crashes[:] = [t for t in crashes if now - t < CRASH_LOOP[1]] + [now]
+                        if len(crashes) >= CRASH_LOOP[0]:
+                            raise NovaError(
+                                f"ingest workers crashed {len(crashes)} times within {CRASH_LOOP[1]:.0f}s; giving up",
+                                hint="see the tracebacks above",
+                            )
+                    restart_at[i] = time.monotonic() + RESTART_DELAY_S
+                    if i in latest:
+                        retired.append(latest.pop(i))
+                elif time.monotonic() >= restart_at[i]:
+                    del restart_at[i]
+                    start(i)
+            if until_caught_up and len(done) == workers:
+                break
+            time.sleep(0.2)
+    finally:
+        for proc in procs.values():
+            if proc.is_alive():
+                proc.terminate()  # SIGTERM: flush, commit, leave the group
+        deadline = time.monotonic() + STOP_GRACE_S
+        for proc in procs.values():
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.is_alive():
+                proc.kill()
+                proc.join(1)
+        _drain(q, latest)
+    return [*retired, *latest.values()]
+
+
+def _drain(q: Any, latest: dict[int, WorkerStatus]) -> dict[str, Any] | None:
+    fatal = None
+    while True:
+        try:
+            index, data = q.get_nowait()
+        except queue.Empty:
+            return fatal
+        if "fatal" in data:
+            fatal = data
+        else:
+            latest[index] = WorkerStatus(**data)
+
+
+def _fatal(data: dict[str, Any]) -> NovaError:
+    from pipelines import errors
+
+    cls = getattr(errors, data["kind"], NovaError)
+    exc = cls(data["fatal"]) if isinstance(cls, type) and issubclass(cls, NovaError) else NovaError(data["fatal"])
+    return exc

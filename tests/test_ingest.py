@@ -1,0 +1,187 @@
+"""`nova ingest` on the real stack: exactly once under kill -9, rebalances and outages; the DLQ."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.pipeline_env import PipelineEnv, make_env, wait_until
+
+pytestmark = pytest.mark.integration
+
+KINDS = ("bad_magic_byte", "unknown_schema_id", "truncated", "wrong_type", "rule_violation")
+
+
+@pytest.fixture(params=["embedded", pytest.param("server", marks=pytest.mark.server)])
+def pipeline(request: pytest.FixtureRequest, tmp_path: Path):  # type: ignore[no-untyped-def]
+    pe = make_env(tmp_path, request.param)
+    yield pe
+    pe.cleanup()
+
+
+def _generate(pe: PipelineEnv, *args: str) -> dict:
+    result = pe.nova("generate", "--json", *args)
+    return json.loads(result.stdout)
+
+
+def test_malformed_events_land_in_the_dlq_with_their_reason(pipeline: PipelineEnv) -> None:
+    malformed = {"bad_magic_byte": 7, "unknown_schema_id": 11, "truncated": 13, "wrong_type": 17, "rule_violation": 19}
+    args = [a for k, n in malformed.items() for a in ("--malformed", f"{k}={n}")]
+    report = _generate(pipeline, "--count", "20000", "--seed", "7", *args)
+    assert report["valid"] == 20000
+
+    result = pipeline.nova("ingest", "--until-caught-up", "--quiet", "--json")
+    ingest = json.loads(result.stdout)
+    assert ingest["events"] == 20000
+    assert ingest["rejected"] == malformed
+
+    assert pipeline.counts() == (20000, 20000)
+    dlq = json.loads(pipeline.nova("dlq", "show", "--json", "--samples", "1").stdout)
+    assert dlq["by_reason"] == malformed
+    assert {s["reason"] for s in dlq["samples"]} == set(KINDS)
+    assert all(s["source_topic"] == pipeline.topic and s["source_offset"] >= 0 for s in dlq["samples"])
+
+    # Re-running finds nothing new: exactly once across runs too.
+    again = json.loads(pipeline.nova("ingest", "--until-caught-up", "--quiet", "--json").stdout)
+    assert again["events"] == 0
+    assert pipeline.counts() == (20000, 20000)
+
+
+def test_rollups_and_alerts_follow_the_table(pipeline: PipelineEnv) -> None:
+    _generate(pipeline, "--count", "5000", "--seed", "3")
+    pipeline.nova("ingest", "--until-caught-up", "--quiet")
+    db = pipeline.database
+    total = pipeline.scalar(f"SELECT sum(amount_minor) AS s FROM {db}.transactions")
+    rolled = pipeline.scalar(f"SELECT sum(amount_minor) AS s FROM {db}.transactions_by_merchant_minute")
+    assert int(rolled) == int(total)
+    alerts = pipeline.scalar(f"SELECT count() AS n FROM {db}.alerts")
+    flagged = pipeline.scalar(f"SELECT countIf(risk_score >= 0.8) AS n FROM {db}.transactions")
+    assert int(alerts) == int(flagged)
+    unknown = pipeline.scalar(f"SELECT countIf(merchant_name = '') AS n FROM {db}.transactions")
+    assert int(unknown) == 0, "every generated merchant is in the merchant dimension"
+
+
+def _worker_pids(supervisor: psutil.Process) -> list[int]:
+    try:
+        return [c.pid for c in supervisor.children() if "python" in c.name().lower() or "nova" in c.name().lower()]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@pytest.mark.slow
+def test_exactly_once_under_kill_9(pipeline: PipelineEnv, tmp_path: Path) -> None:
+    workers = "1" if pipeline.backend == "embedded" else "3"
+    gen = pipeline.spawn(
+        "generate",
+        "--count",
+        "200000",
+        "--rate",
+        "8000",
+        "--seed",
+        "11",
+        "--malformed",
+        "rule_violation=100",
+        log=tmp_path / "gen.log",
+    )
+    ingest = pipeline.spawn("ingest", "--workers", workers, "--quiet", log=tmp_path / "ingest.log")
+    sup = psutil.Process(ingest.pid)
+    rng = random.Random(5)
+    kills = 0
+    deadline = time.monotonic() + 240
+    while kills < 22 and time.monotonic() < deadline:
+        time.sleep(rng.uniform(0.3, 1.6))
+        pids = _worker_pids(sup)
+        if not pids:
+            continue
+        os.kill(rng.choice(pids), signal.SIGKILL)
+        kills += 1
+    assert kills >= 20, f"only {kills} kills happened"
+    assert gen.wait(300) == 0
+    ingest.send_signal(signal.SIGTERM)
+    assert ingest.wait(30) == 0, (tmp_path / "ingest.log").read_text()[-3000:]
+    # Whatever was left in flight: one more run to the end.
+    pipeline.nova("ingest", "--until-caught-up", "--quiet", "--workers", workers)
+    assert pipeline.counts() == (200000, 200000)
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_workers_joining_and_leaving(tmp_path: Path) -> None:
+    pe = make_env(tmp_path, "server")
+    try:
+        gen = pe.spawn("generate", "--count", "200000", "--rate", "10000", "--seed", "13", log=tmp_path / "gen.log")
+        a = pe.spawn("ingest", "--quiet", log=tmp_path / "a.log")
+        time.sleep(3)
+        b = pe.spawn("ingest", "--quiet", log=tmp_path / "b.log")
+        time.sleep(3)
+        c = pe.spawn("ingest", "--workers", "2", "--quiet", log=tmp_path / "c.log")
+        time.sleep(4)
+        a.send_signal(signal.SIGTERM)  # leaves gracefully
+        assert a.wait(15) == 0
+        time.sleep(3)
+        d = pe.spawn("ingest", "--quiet", log=tmp_path / "d.log")
+        time.sleep(3)
+        b.send_signal(signal.SIGTERM)
+        assert b.wait(15) == 0
+        assert gen.wait(120) == 0
+        for proc in (c, d):
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+        pe.nova("ingest", "--until-caught-up", "--quiet", "--workers", "3")
+        assert pe.counts() == (200000, 200000)
+    finally:
+        pe.cleanup()
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_clickhouse_server_outage_pauses_and_resumes(tmp_path: Path) -> None:
+    pe = make_env(tmp_path, "server")
+    try:
+        gen = pe.spawn("generate", "--count", "150000", "--rate", "5000", "--seed", "17", log=tmp_path / "gen.log")
+        ingest = pe.spawn("ingest", "--workers", "3", "--quiet", log=tmp_path / "ingest.log")
+        time.sleep(8)
+        pe.nova("stack", "up", "--without", "clickhouse-server")
+        time.sleep(15)
+        assert ingest.poll() is None, "the workers must wait, not exit"
+        pe.nova("stack", "up", "--with", "clickhouse-server")
+        assert gen.wait(120) == 0
+        wait_until(lambda: pe.counts()[0] >= 150000, timeout=120, interval=3, what="all events ingested")
+        assert ingest.poll() is None
+        ingest.send_signal(signal.SIGTERM)
+        assert ingest.wait(15) == 0
+        assert pe.counts() == (150000, 150000)
+        log = (tmp_path / "ingest.log").read_text()
+        assert "Traceback" not in log
+    finally:
+        pe.cleanup()
+
+
+def test_sigterm_flushes_and_exits_quickly(pipeline: PipelineEnv, tmp_path: Path) -> None:
+    _generate(pipeline, "--count", "30000", "--seed", "19")
+    ingest = pipeline.spawn("ingest", "--quiet", log=tmp_path / "ingest.log")
+    time.sleep(8)  # started, joined the group, inserting
+    started = time.monotonic()
+    ingest.send_signal(signal.SIGTERM)
+    assert ingest.wait(15) == 0
+    assert time.monotonic() - started < 10
+    n, u = pipeline.counts()
+    assert n == u and n > 0
+    pipeline.nova("ingest", "--until-caught-up", "--quiet")
+    assert pipeline.counts() == (30000, 30000)
+
+
+def test_embedded_store_refuses_several_workers(tmp_path: Path) -> None:
+    pe = make_env(tmp_path, "embedded")
+    try:
+        result = pe.nova("ingest", "--workers", "3", expect=2)
+        assert "embedded store" in result.stderr and "clickhouse-server" in result.stderr
+    finally:
+        pe.cleanup()
