@@ -111,8 +111,9 @@ def describe_topics(settings: Settings, names: list[str], *, timeout: float = 10
     return found
 
 
-def create_topic(settings: Settings, name: str, *, partitions: int, replication_factor: int,
-                 config: dict[str, str]) -> None:
+def create_topic(
+    settings: Settings, name: str, *, partitions: int, replication_factor: int, config: dict[str, str]
+) -> None:
     from confluent_kafka.admin import NewTopic
 
     admin = admin_client(settings)

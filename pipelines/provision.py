@@ -189,7 +189,13 @@ def _plan_clickhouse(settings: Settings, store: Store, tables) -> list[PlanItem]
     db_exists = bool(store.query_rows("SELECT 1 FROM system.databases WHERE name = %(db)s", {"db": db}))
     if not db_exists:
         items.append(
-            PlanItem("database", db, "create", store.backend, lambda: store.execute(f"CREATE DATABASE IF NOT EXISTS {ddl.quote(db)}"))
+            PlanItem(
+                "database",
+                db,
+                "create",
+                store.backend,
+                lambda: store.execute(f"CREATE DATABASE IF NOT EXISTS {ddl.quote(db)}"),
+            )
         )
         existing_tables: dict[str, str] = {}
     else:
@@ -217,7 +223,9 @@ def _plan_table(store: Store, db: str, spec: TableSpec, engine: str | None) -> P
     wanted_engine = spec.engine.split("(")[0]
     if engine != wanted_engine:
         return PlanItem(
-            "table", spec.name, "refused",
+            "table",
+            spec.name,
+            "refused",
             f"exists with engine {engine}; the spec asks for {wanted_engine} — migrate the data into a new table",
         )
     have = dict(store.table_columns(f"{db}.{spec.name}"))
@@ -237,7 +245,10 @@ def _plan_table(store: Store, db: str, spec: TableSpec, engine: str | None) -> P
         sqls = [ddl.render_add_column(spec.name, db, n, t, after) for n, t, after in adds]
         settings = _ddl_settings(store)
         return PlanItem(
-            "table", spec.name, "change", "add " + ", ".join(f"{n} {t}" for n, t, _ in adds) + note,
+            "table",
+            spec.name,
+            "change",
+            "add " + ", ".join(f"{n} {t}" for n, t, _ in adds) + note,
             _run_all([lambda s=s: store.execute(s, settings=settings) for s in sqls]),
         )
     return PlanItem("table", spec.name, "unchanged", f"{len(have)} columns{note}")
@@ -248,8 +259,14 @@ def _ddl_settings(store: Store) -> dict[str, int]:
     return {setting: 1} if setting and store.caps.low_cardinality else {}
 
 
-def provision(*, settings: Settings, store: Store, dry_run: bool, allow_data_loss: bool = False,
-              on_item: Callable[[PlanItem], None] | None = None) -> Plan:
+def provision(
+    *,
+    settings: Settings,
+    store: Store,
+    dry_run: bool,
+    allow_data_loss: bool = False,
+    on_item: Callable[[PlanItem], None] | None = None,
+) -> Plan:
     plan = plan_provision(settings=settings, store=store, allow_data_loss=allow_data_loss)
     if not dry_run:
         apply_plan(plan, on_item=on_item)

@@ -34,8 +34,9 @@ class Result:
         return self.stdout + self.stderr
 
 
-def run_nova(*args: str, expect: int | None = 0, env: dict[str, str] | None = None, cwd: Path | None = None,
-             timeout: float = 600) -> Result:
+def run_nova(
+    *args: str, expect: int | None = 0, env: dict[str, str] | None = None, cwd: Path | None = None, timeout: float = 600
+) -> Result:
     """Invoke `nova` in a subprocess, assert its exit code, return what it printed."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NOVA_")}
     full_env.update({"COLUMNS": "200", "TERM": "dumb", "NO_COLOR": "1"})
@@ -45,7 +46,9 @@ def run_nova(*args: str, expect: int | None = 0, env: dict[str, str] | None = No
     )
     result = Result(proc.returncode, proc.stdout, proc.stderr)
     if expect is not None:
-        assert proc.returncode == expect, f"nova {' '.join(args)} exited {proc.returncode}, expected {expect}:\n{result.output}"
+        assert proc.returncode == expect, (
+            f"nova {' '.join(args)} exited {proc.returncode}, expected {expect}:\n{result.output}"
+        )
     return result
 
 
