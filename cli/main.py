@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -16,17 +15,17 @@ from pipelines.errors import NovaError
 class _NovaGroup(TyperGroup):
     """Root group: one place that maps expected errors to a red message and an exit code."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:
         try:
             return super().invoke(ctx)
         except NovaError as exc:
             _common.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
             if exc.hint:
                 _common.err.print(f"[yellow]hint:[/] {exc.hint}")
-            raise click.exceptions.Exit(exc.exit_code) from None
+            raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _common.err.print("[red]interrupted[/]")
-            raise click.exceptions.Exit(130) from None
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(
@@ -56,7 +55,7 @@ def _root(
 
 
 def _register() -> None:
-    from cli import dlq, ingest, parity, provision, query, stack, status
+    from cli import dlq, generate, ingest, parity, provision, query, stack, status
 
     app.add_typer(stack.app, name="stack")
     app.add_typer(provision.app)
@@ -65,6 +64,7 @@ def _register() -> None:
     app.add_typer(ingest.app)
     app.add_typer(status.app)
     app.add_typer(dlq.app, name="dlq")
+    app.add_typer(generate.app)
 
 
 _register()
