@@ -129,7 +129,7 @@ class PipelineSettings(_Section):
     reporting_currency: str = Field("EUR", description="Currency of amount_reporting.")
     merchants: str = Field("configs/reference/merchants.csv", description="Merchant dimension (CSV).")
     fx_rates: str = Field("configs/reference/fx_rates.csv", description="FX rates to the reporting currency (CSV).")
-    rules: RulesSettings = Field(default_factory=RulesSettings, description="Business validation rules.")
+    rules: RulesSettings = Field(default_factory=RulesSettings, description="Business validation rules.")  # type: ignore[arg-type]
 
 
 class SloSettings(_Section):

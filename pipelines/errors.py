@@ -40,6 +40,16 @@ class KafkaError(NovaError):
 class StoreError(NovaError):
     """ClickHouse refused or failed an operation, or lacks a needed feature."""
 
+    def __init__(
+        self, message: str, *, hint: str | None = None, code: int | None = None, retryable: bool = False
+    ) -> None:
+        super().__init__(message, hint=hint)
+        # ClickHouse's error code (e.g. 60 UNKNOWN_TABLE), when the server sent one.
+        self.code = code
+        # True for connection-level failures (refused, reset, timeout): the same call may succeed
+        # later, so a worker should pause and retry. False for errors in the SQL or the data.
+        self.retryable = retryable
+
 
 class RegistryError(NovaError):
     """The schema registry could not resolve, register or check a schema."""
