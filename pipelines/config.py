@@ -126,6 +126,9 @@ class PipelineSettings(_Section):
     table: str = Field("transactions", description="ClickHouse table of ingested transactions.")
     batch_max_rows: int = Field(100_000, ge=1, description="Insert when a batch reaches this many rows…")
     batch_max_seconds: float = Field(1.0, gt=0, description="…or when its oldest event waited this long.")
+    session_timeout_ms: int = Field(
+        10_000, ge=1000, description="Consumer-group session timeout: how soon a dead worker's partitions move."
+    )
     reporting_currency: str = Field("EUR", description="Currency of amount_reporting.")
     merchants: str = Field("configs/reference/merchants.csv", description="Merchant dimension (CSV).")
     fx_rates: str = Field("configs/reference/fx_rates.csv", description="FX rates to the reporting currency (CSV).")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines import ddl, kafka
 from pipelines.errors import ProvisionRefused
@@ -169,15 +169,35 @@ def _run_all(steps: list[Callable[[], None]]) -> Callable[[], None]:
 
 
 def _plan_schemas(settings: Settings) -> list[PlanItem]:
-    from pipelines.registry import open_registry
+    """Every subject pinned in configs/schemas (latest version) must be in the configured registry.
 
+    With the default file registry that is the same directory, so the plan says unchanged; with
+    an http(s) registry the pinned contracts are registered there (compatibility checked first).
+    """
+    from pipelines.registry import FileRegistry, open_registry
+
+    pinned = FileRegistry(settings.configs_dir / "schemas", compatibility=settings.schema_registry.compatibility)
     registry = open_registry(settings)
     items = []
-    for subject, schema_str in registry.desired_schemas():
-        action, detail = registry.plan_register(subject, schema_str)
-        apply = (lambda s=subject, t=schema_str: registry.register(s, t)) if action != "unchanged" else None
-        items.append(PlanItem("schema", subject, action, detail, apply))
+    for subject in pinned.subjects():
+        schema_str = pinned.latest(subject).schema.raw
+        plan = registry.plan_register(subject, schema_str)
+        where = f"version {plan.version}" if plan.version is not None else ""
+        if plan.id is not None:
+            where += f", id {plan.id}"
+        if not plan.compatible:
+            items.append(PlanItem("schema", subject, "refused", "incompatible: " + "; ".join(plan.messages)))
+        elif plan.action == "unchanged":
+            items.append(PlanItem("schema", subject, "unchanged", where))
+        else:
+            action: Action = "create" if plan.action == "create" else "change"
+            apply = lambda s=subject, t=schema_str: _register(registry, s, t)  # noqa: E731
+            items.append(PlanItem("schema", subject, action, f"{plan.action} {where}".strip(), apply))
     return items
+
+
+def _register(registry: Any, subject: str, schema_str: str) -> None:
+    registry.register(subject, schema_str)
 
 
 # --- ClickHouse ---------------------------------------------------------------------------

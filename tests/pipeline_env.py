@@ -40,16 +40,19 @@ class PipelineEnv:
     def spawn(self, *args: str, log: Path | None = None) -> subprocess.Popen[str]:
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("NOVA_")}
         full_env.update(self.env)
-        out = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(
-            [*nova_executable(), *args],
-            env=full_env,
-            cwd=REPO,
-            stdout=out,
-            stderr=out,
-            text=True,
-            start_new_session=True,
-        )
+        cmd = [*nova_executable(), *args]
+        if log is None:
+            proc = subprocess.Popen(
+                cmd,
+                env=full_env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        else:
+            with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+                proc = subprocess.Popen(cmd, env=full_env, cwd=REPO, stdout=out, stderr=out, start_new_session=True)
         self.procs.append(proc)
         return proc
 
@@ -81,6 +84,7 @@ def make_env(tmp_path: Path, backend: str, *, partitions: int | None = None) -> 
         "NOVA_PIPELINE__TOPIC": topic,
         "NOVA_PIPELINE__DLQ_TOPIC": dlq,
         "NOVA_PIPELINE__GROUP_ID": f"{name}-ingest",
+        "NOVA_PIPELINE__SESSION_TIMEOUT_MS": "3000",
         "NOVA_CLICKHOUSE__DATABASE": database,
         "NOVA_CLICKHOUSE__URL": f"chdb://{tmp_path / 'chdb'}" if backend == "embedded" else SERVER_URL,
     }

@@ -47,7 +47,6 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
             settings=settings,
             until_caught_up=until_caught_up,
             index=index,
-            static_membership=True,
             on_status=report,
             stop_event=stop,
         )

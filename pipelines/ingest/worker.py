@@ -52,6 +52,7 @@ class WorkerStatus:
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     newest_event_ms: int | None = None
+    first_message_at: float | None = None  # wall clock of the first message consumed (for benchmarks)
     recovered_partitions: int = 0
     skipped_present: int = 0
 
@@ -112,7 +113,6 @@ class Worker:
         on_status: Callable[[WorkerStatus], None] | None = None,
         stop_event: threading.Event | None = None,
         status_interval_s: float = 0.5,
-        group_instance_id: str | None = None,
     ) -> None:
         from pipelines.avro_codec import Decoder
         from pipelines.reference import load_reference
@@ -143,7 +143,6 @@ class Worker:
         self.ever_assigned = False
         self._last_status = 0.0
         self._last_lag = 0.0
-        self.group_instance_id = group_instance_id
         self.start_offsets: dict[int, int] = {}
         self.closing = False
         self._consumer: Consumer | None = None
@@ -162,13 +161,12 @@ class Worker:
                 "partition.assignment.strategy": "cooperative-sticky",
                 "client.id": f"nova-ingest-{self.worker_id}",
                 "max.poll.interval.ms": 600_000,
-                "session.timeout.ms": 10_000,
-                "heartbeat.interval.ms": 1_000,
+                "session.timeout.ms": self.p.session_timeout_ms,
+                "heartbeat.interval.ms": max(300, self.p.session_timeout_ms // 10),
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
                 "queued.max.messages.kbytes": 256 * 1024,
                 "isolation.level": "read_committed",
-                **({"group.instance.id": self.group_instance_id} if self.group_instance_id else {}),
             },
         )
         self._producer = kafka.producer(self.settings, **{"client.id": f"nova-dlq-{self.worker_id}"})
@@ -302,6 +300,8 @@ class Worker:
             good.append(m)
         if self.batch.opened_at is None:
             self.batch.opened_at = time.monotonic()
+        if self.status.first_message_at is None:
+            self.status.first_message_at = time.time()
         if not good:
             return
         values = [m.value() for m in good]
@@ -527,10 +527,14 @@ class Worker:
         lag: dict[int, int] = {}
         positions = self._consumer.position([TopicPartition(self.p.topic, p) for p in sorted(self.assigned)])
         for tp in positions:
-            try:
-                _, high = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-            except Exception:
-                continue
+            # The high watermark arrives with every fetch response: read librdkafka's copy. Asking
+            # the broker queues behind the pending fetch (up to fetch.wait.max.ms per partition).
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                try:
+                    _, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+                except Exception:
+                    continue
             pos = tp.offset if tp.offset >= 0 else self._start_position(tp)
             lag[tp.partition] = max(0, high - pos)
         self.status.lag = lag
@@ -573,17 +577,11 @@ def _worker_id(index: int) -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
-def static_member_id(group_id: str, index: int) -> str:
-    """Stable across restarts of worker `index` under one supervisor, unique across supervisors."""
-    return f"{group_id}-{socket.gethostname()}-{os.getppid()}-{index}"
-
-
 def run_worker(
     *,
     settings: Settings,
     until_caught_up: bool,
     index: int = 0,
-    static_membership: bool = False,
     on_status: Callable[[WorkerStatus], None] | None = None,
     stop_event: threading.Event | None = None,
 ) -> WorkerStatus:
@@ -599,7 +597,6 @@ def run_worker(
             until_caught_up=until_caught_up,
             on_status=on_status,
             stop_event=stop_event,
-            group_instance_id=static_member_id(settings.pipeline.group_id, index) if static_membership else None,
         )
         try:
             return worker.run()
@@ -637,8 +634,10 @@ def run_ingest(
 ) -> IngestReport:
     """Run `workers` ingest worker processes in one consumer group until stopped (or caught up).
 
-    Workers are child processes of this one, restarted if they die; each keeps a static group
-    membership so a restarted worker gets its partitions back without a group-wide rebalance.
+    Workers are child processes of this one, restarted if they die. A killed worker's partitions
+    move once its group session times out (pipeline.session_timeout_ms). Static membership would
+    make restarts faster, but a static member never leaves the group on a clean exit, so every
+    later run would wait out its session; plain membership is the better trade here.
     """
     from pipelines.ingest.supervisor import supervise
 

@@ -182,6 +182,8 @@ class Kafka(Service):
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # Lets tests use short consumer session timeouts (pipeline.session_timeout_ms).
+            "group.min.session.timeout.ms": "1000",
             "auto.create.topics.enable": "false",
             "num.recovery.threads.per.data.dir": "1",
         }

@@ -1,0 +1,201 @@
+"""Ingest benchmark: (a) bare consume, (b) consume + decode, (c) the full `nova ingest` worker.
+
+Pre-produces N events (default 2M) once into a fresh topic, then runs each phase in its own
+process over the same topic with a fresh consumer group, and reports per worker process:
+events/s, CPU seconds per million events, peak RSS, and the ratio (c)/(a).
+
+    python bench/bench_ingest.py [--events 2000000]        (make bench runs it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _settings(topic: str, group: str, chdb_path: str):  # type: ignore[no-untyped-def]
+    from pipelines.config import load_settings
+
+    env = dict(os.environ)
+    env.update(
+        {
+            "NOVA_PIPELINE__TOPIC": topic,
+            "NOVA_PIPELINE__DLQ_TOPIC": f"{topic}.dlq",
+            "NOVA_PIPELINE__GROUP_ID": group,
+            "NOVA_CLICKHOUSE__URL": f"chdb://{chdb_path}",
+            "NOVA_CLICKHOUSE__DATABASE": "bench",
+        }
+    )
+    return load_settings(REPO / "configs" / "nova.yaml", environ=env)
+
+
+def _usage() -> dict[str, float]:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu_s": ru.ru_utime + ru.ru_stime, "peak_rss_mib": ru.ru_maxrss / 1024}
+
+
+def phase_consume(settings, events: int, decode: bool) -> dict:  # type: ignore[no-untyped-def]
+    from pipelines import kafka
+
+    consumer = kafka.consumer(
+        settings,
+        group_id=settings.pipeline.group_id,
+        **{
+            "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 8 * 1024 * 1024,
+            "queued.max.messages.kbytes": 256 * 1024,
+        },
+    )
+    decoder = None
+    if decode:
+        from pipelines.avro_codec import Decoder
+        from pipelines.registry import open_registry
+
+        decoder = Decoder(open_registry(settings))
+    consumer.subscribe([settings.pipeline.topic])
+    n, first = 0, None
+    cpu0 = _usage()["cpu_s"]
+    while n < events:
+        msgs = consumer.consume(num_messages=10_000, timeout=1.0)
+        if not msgs:
+            continue
+        if first is None:
+            first = time.time()
+        values = [m.value() for m in msgs if m.error() is None]
+        if decoder is not None:
+            decoder.decode_batch(values)
+        n += len(values)
+    elapsed = time.time() - (first or time.time())
+    consumer.close()
+    u = _usage()
+    return {"events": n, "elapsed_s": elapsed, "cpu_s": u["cpu_s"] - cpu0, "peak_rss_mib": u["peak_rss_mib"]}
+
+
+def phase_ingest(settings, events: int) -> dict:  # type: ignore[no-untyped-def]
+    from pipelines.ingest.worker import run_worker
+
+    cpu0 = _usage()["cpu_s"]
+    status = run_worker(settings=settings, until_caught_up=True)
+    end = time.time()
+    u = _usage()
+    assert status.events == events, f"ingested {status.events} of {events}"
+    return {
+        "events": status.events,
+        "elapsed_s": end - (status.first_message_at or end),
+        "cpu_s": u["cpu_s"] - cpu0,
+        "peak_rss_mib": u["peak_rss_mib"],
+        "latency_p50_ms": status.latency_p50_ms,
+        "batches": status.batches,
+    }
+
+
+def _run_phase(name: str, topic: str, chdb_path: str, events: int) -> dict:
+    group = f"{topic}-{name}"
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            name,
+            "--topic",
+            topic,
+            "--group",
+            group,
+            "--chdb",
+            chdb_path,
+            "--events",
+            str(events),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def machine() -> str:
+    import platform
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {system}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=2_000_000)
+    ap.add_argument("--phase")
+    ap.add_argument("--topic")
+    ap.add_argument("--group")
+    ap.add_argument("--chdb")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.phase:
+        settings = _settings(args.topic, args.group, args.chdb)
+        result = (
+            phase_ingest(settings, args.events)
+            if args.phase == "ingest"
+            else phase_consume(settings, args.events, decode=args.phase == "decode")
+        )
+        print(json.dumps(result))
+        return
+
+    from pipelines import kafka
+    from pipelines.clickhouse import open_store
+    from pipelines.generate import generate
+    from pipelines.provision import provision
+
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    topic = f"bench.ingest.{stamp}"
+    chdb_path = str(REPO / ".nova" / "bench" / f"chdb-{stamp}")
+    settings = _settings(topic, f"{topic}-setup", chdb_path)
+    with open_store(settings) as store:
+        provision(settings=settings, store=store, dry_run=False)
+    print(f"pre-producing {args.events:,} events into {topic} …", file=sys.stderr)
+    t0 = time.time()
+    report = generate(settings=settings, count=args.events, seed=1)
+    print(f"  produced in {time.time() - t0:.1f}s ({report.events_per_s:,.0f}/s)", file=sys.stderr)
+    results = {}
+    for name in ("consume", "decode", "ingest"):
+        print(f"phase {name} …", file=sys.stderr)
+        results[name] = _run_phase(name, topic, chdb_path, args.events)
+        r = results[name]
+        r["events_per_s"] = r["events"] / r["elapsed_s"]
+        r["cpu_s_per_million"] = r["cpu_s"] / (r["events"] / 1e6)
+        print(
+            f"  {r['events_per_s']:,.0f} events/s, {r['cpu_s_per_million']:.1f} CPU-s/M, "
+            f"peak RSS {r['peak_rss_mib']:.0f} MiB",
+            file=sys.stderr,
+        )
+    results["ratio_ingest_to_consume"] = results["ingest"]["events_per_s"] / results["consume"]["events_per_s"]
+    results["machine"] = machine()
+    results["events"] = args.events
+    results["batch_max_rows"] = settings.pipeline.batch_max_rows
+    kafka.delete_topics(settings, [topic, f"{topic}.dlq"])
+    import shutil
+
+    shutil.rmtree(chdb_path, ignore_errors=True)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
