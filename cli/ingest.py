@@ -25,7 +25,7 @@ def format_live(statuses: list[Any], started: float):  # type: ignore[no-untyped
     for col in ("worker", "state", "partitions", "lag", "last batch", "insert", "latency p50/p99", "note"):
         table.add_column(col)
     for s in statuses:
-        lag = sum(s.lag.values()) if s.lag else 0
+        lag = sum(v for v in s.lag.values() if v > 0) if s.lag else 0
         lat = (
             f"{s.latency_p50_ms / 1000:.2f}s / {s.latency_p99_ms / 1000:.2f}s"
             if s.latency_p50_ms is not None and s.latency_p99_ms is not None

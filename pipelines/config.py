@@ -86,7 +86,7 @@ class ClickHouseSettings(_Section):
         "chdb://.nova/chdb",
         description="chdb://PATH (embedded, one process) or clickhouse://user:pass@host:port/db (native protocol).",
     )
-    database: str = Field("nova", description="Database holding nova's tables.")
+    database: str = Field("nova", description="Database holding nova's tables (wins over a database in the URL).")
     connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for the native protocol.")
 
     @field_validator("url")

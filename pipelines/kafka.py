@@ -127,7 +127,8 @@ def create_topic(
 def add_partitions(settings: Settings, name: str, *, total: int) -> None:
     from confluent_kafka.admin import NewPartitions
 
-    futures = admin_client(settings).create_partitions([NewPartitions(name, total)], operation_timeout=30)
+    admin = admin_client(settings)  # keep a reference: the futures need the client alive
+    futures = admin.create_partitions([NewPartitions(name, total)], operation_timeout=30)
     _wait(futures, f"grow topic '{name}' to {total} partitions")
 
 
@@ -136,14 +137,16 @@ def alter_topic_config(settings: Settings, name: str, config: dict[str, str]) ->
 
     entries = [ConfigEntry(k, str(v), incremental_operation=AlterConfigOpType.SET) for k, v in config.items()]
     resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
-    futures = admin_client(settings).incremental_alter_configs([resource])
+    admin = admin_client(settings)
+    futures = admin.incremental_alter_configs([resource])
     _wait(futures, f"alter config of topic '{name}'")
 
 
 def delete_topics(settings: Settings, names: list[str]) -> None:
     if not names:
         return
-    futures = admin_client(settings).delete_topics(names, operation_timeout=30)
+    admin = admin_client(settings)
+    futures = admin.delete_topics(names, operation_timeout=30)
     _wait(futures, f"delete topics {', '.join(names)}")
 
 

@@ -24,7 +24,7 @@ def open_store(settings: Settings | None = None, *, url: str | None = None, data
       `chdb://:memory:` keeps nothing. One process per PATH.
     - `clickhouse://user:password@host:port[/db][?secure=1&verify=0&compression=lz4]`: a server.
 
-    The database is `database`, else the URL's path, else `settings.clickhouse.database`. It need
+    The database is `database`, else `settings.clickhouse.database`, else the URL's path. It need
     not exist yet: `Store.ensure_database()` creates it.
     """
     if settings is None:
@@ -89,7 +89,7 @@ def _open_native(url: str, settings: Settings, database: str | None) -> Store:
         port=port,
         user=unquote(parts.username or "default"),
         password=unquote(parts.password or ""),
-        database=database or url_db or settings.clickhouse.database,
+        database=database or settings.clickhouse.database or url_db,
         connect_timeout=connect_timeout,
         options=options,
     )

@@ -53,7 +53,8 @@ class Metrics:
             for reason, n in s.rejected.items():
                 self.rejected.labels(w, reason).set(n)
             for p, lag in s.lag.items():
-                self.lag.labels(w, str(p)).set(lag)
+                if lag >= 0:
+                    self.lag.labels(w, str(p)).set(lag)
             self.batch_rows.labels(w).set(s.last_batch_rows)
             self.insert_s.labels(w).set(s.last_insert_s)
             if s.latency_p50_ms is not None:

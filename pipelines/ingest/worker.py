@@ -518,9 +518,12 @@ class Worker:
             # More workers than partitions: one that never gets a partition has nothing to catch up on.
             return idle_s > 15.0
         self._flush()
-        return all(v <= 0 for v in self._lag().values())
+        lag = self._lag()
+        # Every assigned partition must have a known lag of zero; unknown (no fetch yet) is not zero.
+        return set(lag) >= self.assigned and all(v == 0 for v in lag.values())
 
     def _lag(self) -> dict[int, int]:
+        """Messages behind the high watermark per assigned partition; -1 where not known yet."""
         from confluent_kafka import TopicPartition
 
         assert self._consumer is not None
@@ -528,13 +531,11 @@ class Worker:
         positions = self._consumer.position([TopicPartition(self.p.topic, p) for p in sorted(self.assigned)])
         for tp in positions:
             # The high watermark arrives with every fetch response: read librdkafka's copy. Asking
-            # the broker queues behind the pending fetch (up to fetch.wait.max.ms per partition).
+            # the broker would queue behind the pending fetch (up to fetch.wait.max.ms each).
             _, high = self._consumer.get_watermark_offsets(tp, cached=True)
-            if high < 0:
-                try:
-                    _, high = self._consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-                except Exception:
-                    continue
+            if high < 0:  # no fetch response for this partition yet
+                lag[tp.partition] = -1
+                continue
             pos = tp.offset if tp.offset >= 0 else self._start_position(tp)
             lag[tp.partition] = max(0, high - pos)
         self.status.lag = lag
