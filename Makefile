@@ -22,10 +22,21 @@ install: $(STAMP) ## Create .venv and install nova with its dev tools
 stack: install ## Start Kafka, PostgreSQL and clickhouse-server (idempotent)
 	$(NOVA) stack up --with clickhouse-server
 
-demo: install ## Fresh machine → stack up, provision, and the pipeline's main job on the embedded store
+DEMO_EVENTS ?= 1000000
+DEMO_RATE   ?= 50000
+TOP_MERCHANTS = SELECT merchant_id, any(merchant_name) AS merchant, count() AS transactions, \
+	round(sum(amount_reporting_minor) / 100) AS volume_eur FROM transactions \
+	GROUP BY merchant_id ORDER BY volume_eur DESC LIMIT 10
+
+demo: install ## Fresh machine → stack up, provision, generate 1M events while ingesting them, summary
 	$(NOVA) stack up
 	$(NOVA) provision --yes
-	$(NOVA) stack status
+	@mkdir -p .nova/demo
+	@echo "generating $(DEMO_EVENTS) transactions at $(DEMO_RATE)/s (log: .nova/demo/generate.log) while ingesting them…"
+	$(NOVA) generate --count $(DEMO_EVENTS) --rate $(DEMO_RATE) --seed $$(date +%s) > .nova/demo/generate.log 2>&1 & \
+	  gen=$$!; sleep 3; $(NOVA) ingest --until-caught-up; status=$$?; wait $$gen && exit $$status
+	$(NOVA) query "$(TOP_MERCHANTS)"
+	$(NOVA) status
 
 test: stack ## Run the whole test suite against the real services
 	$(BIN)/python -m pytest

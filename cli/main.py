@@ -35,7 +35,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -55,7 +55,7 @@ def _root(
 
 
 def _register() -> None:
-    from cli import dlq, generate, ingest, parity, provision, query, stack, status
+    from cli import dlq, generate, ingest, legacy, parity, provision, query, replay, stack, status
 
     app.add_typer(stack.app, name="stack")
     app.add_typer(provision.app)
@@ -65,6 +65,8 @@ def _register() -> None:
     app.add_typer(status.app)
     app.add_typer(dlq.app, name="dlq")
     app.add_typer(generate.app)
+    app.add_typer(legacy.app, name="legacy")
+    app.add_typer(replay.app)
 
 
 _register()

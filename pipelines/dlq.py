@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pipelines import kafka
 from pipelines.errors import KafkaError, UsageError
@@ -79,10 +79,11 @@ def read_dead_letters(settings: Settings, *, topic: str | None = None) -> Iterat
             for msg in consumer.consume(num_messages=5000, timeout=1.0):
                 if msg.error():
                     continue
-                p = msg.partition()
-                if msg.offset() >= ends.get(p, -1) - 1:
+                p = cast(int, msg.partition())
+                if cast(int, msg.offset()) >= ends.get(p, -1) - 1:
                     ends.pop(p, None)
-                h = {k: v.decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+                raw_headers = cast(list[tuple[str, bytes]], msg.headers() or [])
+                h = {k: v.decode("utf-8", "replace") for k, v in raw_headers}
                 source = (
                     h.get("nova.source.topic", "?"),
                     int(h.get("nova.source.partition", -1)),
@@ -178,7 +179,8 @@ def republish(
     else:
         assert file is not None
         registry = open_registry(settings)
-        schema_id, _version, schema = registry.latest(settings.pipeline.subject)
+        latest = registry.latest(settings.pipeline.subject)
+        schema_id, schema = latest.id, latest.schema.parsed
         from fastavro.validation import validate
 
         for lineno, line in enumerate(file.read_text().splitlines(), 1):

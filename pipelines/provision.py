@@ -7,8 +7,9 @@ needs `allow_data_loss`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 from pipelines import ddl, kafka
@@ -107,7 +108,9 @@ def _plan_topics(settings: Settings, specs: list, *, allow_data_loss: bool) -> l
             )
             items.append(PlanItem("topic", spec.name, "create", detail, _create_topic(settings, spec)))
             continue
-        problems, changes, steps = [], [], []
+        problems: list[str] = []
+        changes: list[str] = []
+        steps: list[Callable[[], Any]] = []
         if spec.partitions < current.partitions:
             problems.append(
                 f"has {current.partitions} partitions; topics.yaml asks for {spec.partitions} — "
@@ -115,7 +118,7 @@ def _plan_topics(settings: Settings, specs: list, *, allow_data_loss: bool) -> l
             )
         elif spec.partitions > current.partitions:
             changes.append(f"partitions {current.partitions} → {spec.partitions}")
-            steps.append(lambda s=spec: kafka.add_partitions(settings, s.name, total=s.partitions))
+            steps.append(partial(kafka.add_partitions, settings, spec.name, total=spec.partitions))
         if spec.replication_factor != current.replication_factor:
             problems.append(
                 f"has replication factor {current.replication_factor}; topics.yaml asks for "
@@ -132,7 +135,7 @@ def _plan_topics(settings: Settings, specs: list, *, allow_data_loss: bool) -> l
             else:
                 changes.append(f"{key} {old} → {value}")
         if diff:
-            steps.append(lambda s=spec, d=diff: kafka.alter_topic_config(settings, s.name, d))
+            steps.append(partial(kafka.alter_topic_config, settings, spec.name, diff))
         if problems:
             items.append(PlanItem("topic", spec.name, "refused", "; ".join(problems)))
         elif changes:
@@ -157,7 +160,7 @@ def _create_topic(settings: Settings, spec) -> Callable[[], None]:
     )
 
 
-def _run_all(steps: list[Callable[[], None]]) -> Callable[[], None]:
+def _run_all(steps: Sequence[Callable[[], Any]]) -> Callable[[], None]:
     def run() -> None:
         for step in steps:
             step()
@@ -191,7 +194,7 @@ def _plan_schemas(settings: Settings) -> list[PlanItem]:
             items.append(PlanItem("schema", subject, "unchanged", where))
         else:
             action: Action = "create" if plan.action == "create" else "change"
-            apply = lambda s=subject, t=schema_str: _register(registry, s, t)  # noqa: E731
+            apply = partial(_register, registry, subject, schema_str)
             items.append(PlanItem("schema", subject, action, f"{plan.action} {where}".strip(), apply))
     return items
 
@@ -229,7 +232,7 @@ def _plan_clickhouse(settings: Settings, store: Store, tables) -> list[PlanItem]
             items.append(PlanItem("view", view.name, "unchanged", f"→ {view.to}"))
         else:
             sql = ddl.render_create_view(view, db)
-            items.append(PlanItem("view", view.name, "create", f"→ {view.to}", lambda s=sql: store.execute(s)))
+            items.append(PlanItem("view", view.name, "create", f"→ {view.to}", partial(store.execute, sql)))
     return items
 
 
@@ -249,8 +252,9 @@ def _plan_table(store: Store, db: str, spec: TableSpec, engine: str | None) -> P
             f"exists with engine {engine}; the spec asks for {wanted_engine} — migrate the data into a new table",
         )
     have = dict(store.table_columns(f"{db}.{spec.name}"))
-    problems, adds = [], []
-    previous = None
+    problems: list[str] = []
+    adds: list[tuple[str, str, str | None]] = []
+    previous: str | None = None
     for name, ctype in wanted:
         if name not in have:
             adds.append((name, ctype, previous))
@@ -269,7 +273,7 @@ def _plan_table(store: Store, db: str, spec: TableSpec, engine: str | None) -> P
             spec.name,
             "change",
             "add " + ", ".join(f"{n} {t}" for n, t, _ in adds) + note,
-            _run_all([lambda s=s: store.execute(s, settings=settings) for s in sqls]),
+            _run_all([partial(store.execute, sql, settings=settings) for sql in sqls]),
         )
     return PlanItem("table", spec.name, "unchanged", f"{len(have)} columns{note}")
 

@@ -69,10 +69,15 @@ def test_rollups_and_alerts_follow_the_table(pipeline: PipelineEnv) -> None:
 
 
 def _worker_pids(supervisor: psutil.Process) -> list[int]:
-    try:
-        return [c.pid for c in supervisor.children() if "python" in c.name().lower() or "nova" in c.name().lower()]
-    except psutil.NoSuchProcess:
-        return []
+    """The ingest worker processes (multiprocessing children), not its resource tracker."""
+    pids = []
+    for child in supervisor.children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:
+            continue
+    return pids
 
 
 @pytest.mark.slow
@@ -108,7 +113,7 @@ def test_exactly_once_under_kill_9(pipeline: PipelineEnv, tmp_path: Path) -> Non
     assert ingest.wait(30) == 0, (tmp_path / "ingest.log").read_text()[-3000:]
     # Whatever was left in flight: one more run to the end.
     pipeline.nova("ingest", "--until-caught-up", "--quiet", "--workers", workers)
-    assert pipeline.counts() == (200000, 200000)
+    assert pipeline.counts() == (200000, 200000), pipeline.nova("status", "--json").stdout
 
 
 @pytest.mark.server

@@ -22,7 +22,11 @@ def setup():  # type: ignore[no-untyped-def]
 
 
 def _records(ref, n: int, now_ms: int) -> list[dict]:  # type: ignore[no-untyped-def]
-    return list(iter_transactions(seed=1, merchants=ref.merchants, fx_rates=ref.fx_rates, count=n, start_ms=now_ms, spread_s=0.5))
+    return list(
+        iter_transactions(
+            seed=1, merchants=ref.merchants, fx_rates=ref.fx_rates, count=n, start_ms=now_ms, spread_s=0.5
+        )
+    )
 
 
 def test_valid_records_become_typed_columns(setup) -> None:  # type: ignore[no-untyped-def]

@@ -11,7 +11,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 POLL_CHUNK = 10_000
 LATENCY_WINDOW = 200_000  # latency samples kept for percentiles
 BACKOFF_MAX_S = 10.0
+IDLE_GRACE_S = 1.0  # --until-caught-up: no message for this long, and zero lag, means caught up
 
 
 @dataclass
@@ -186,7 +188,12 @@ class Worker:
                 if self._batch_due():
                     self._flush()
                 self._tick()
-                if self.until_caught_up and idle_since is not None and self._caught_up(time.monotonic() - idle_since):
+                if (
+                    self.until_caught_up
+                    and idle_since is not None
+                    and time.monotonic() - idle_since >= IDLE_GRACE_S
+                    and self._caught_up(time.monotonic() - idle_since)
+                ):
                     break
         finally:
             self._set_state("stopping")
@@ -238,7 +245,7 @@ class Worker:
             else:  # a batch was in flight when its worker died: re-read it, insert only what's missing
                 present = self._retry(
                     "checking stored offsets",
-                    lambda st=st: self.state.present_offsets(st.partition, st.begin_offset, st.end_offset),
+                    partial(self.state.present_offsets, st.partition, st.begin_offset, st.end_offset),
                 )
                 self.skip[tp.partition] = (st.end_offset, present)
                 tp.offset = st.begin_offset
@@ -286,11 +293,11 @@ class Worker:
                     raise KafkaError(f"consumer failed: {err.str()}")
                 self.status.reason = f"kafka: {err.str()}"
                 continue
-            p = m.partition()
+            p = cast(int, m.partition())
             skip = self.skip.get(p)
             if skip is not None:
                 end, present = skip
-                off = m.offset()
+                off = cast(int, m.offset())
                 if off > end:
                     del self.skip[p]
                 elif off in present:
@@ -336,10 +343,10 @@ class Worker:
 
     def _dead_letter(self, msg: Message, reason: str, detail: str, rule: str) -> None:
         assert self._producer is not None
-        headers = [
+        headers: list[tuple[str, str | bytes | None]] = [
             ("nova.reason", reason.encode()),
             ("nova.detail", detail.encode()[:1000]),
-            ("nova.source.topic", msg.topic().encode()),
+            ("nova.source.topic", (msg.topic() or "").encode()),
             ("nova.source.partition", str(msg.partition()).encode()),
             ("nova.source.offset", str(msg.offset()).encode()),
             ("nova.worker", self.worker_id.encode()),
