@@ -147,7 +147,7 @@ def main() -> None:
     ap.add_argument("--topic")
     ap.add_argument("--group")
     ap.add_argument("--chdb")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--write-docs", action="store_true", help="Record the figures in docs/BENCHMARKS.md.")
     args = ap.parse_args()
     if args.phase:
         settings = _settings(args.topic, args.group, args.chdb)
@@ -195,6 +195,42 @@ def main() -> None:
 
     shutil.rmtree(chdb_path, ignore_errors=True)
     print(json.dumps(results, indent=2))
+    if args.write_docs:
+        write_docs(results)
+
+
+def format_markdown(r: dict) -> str:
+    rows = []
+    for name, label in (
+        ("consume", "(a) bare consume loop (poll only)"),
+        ("decode", "(b) consume + decode"),
+        ("ingest", "(c) full `nova ingest` worker"),
+    ):
+        x = r[name]
+        rows.append(f"| {label} | {x['events_per_s']:,.0f} | {x['cpu_s_per_million']:.1f} | {x['peak_rss_mib']:.0f} |")
+    return "\n".join(
+        [
+            f"Measured {time.strftime('%Y-%m-%d')} on {r['machine']}; {r['events']:,} events pre-produced "
+            "into a "
+            f"6-partition topic, one worker process, embedded ClickHouse (chdb), batch_max_rows={r['batch_max_rows']:,}.",
+            "",
+            "| phase | events/s per process | CPU-s per million events | peak RSS MiB |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+            f"(c)/(a) = {r['ratio_ingest_to_consume']:.2f}. Targets for (c): ≥ 100,000 events/s, ≤ 10 CPU-s per "
+            "million, peak RSS ≤ 1 GiB.",
+        ]
+    )
+
+
+def write_docs(r: dict) -> None:
+    path = REPO / "docs" / "BENCHMARKS.md"
+    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
+    text = path.read_text()
+    head, _, rest = text.partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{begin}\n{format_markdown(r)}\n{end}{tail}")
 
 
 if __name__ == "__main__":
