@@ -211,8 +211,8 @@ def format_markdown(r: dict) -> str:
     return "\n".join(
         [
             f"Measured {time.strftime('%Y-%m-%d')} on {r['machine']}; {r['events']:,} events pre-produced "
-            "into a "
-            f"6-partition topic, one worker process, embedded ClickHouse (chdb), batch_max_rows={r['batch_max_rows']:,}.",
+            "into a 6-partition topic, one worker process, embedded ClickHouse (chdb), "
+            f"batch_max_rows={r['batch_max_rows']:,}.",
             "",
             "| phase | events/s per process | CPU-s per million events | peak RSS MiB |",
             "|---|---:|---:|---:|",
