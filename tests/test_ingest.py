@@ -190,3 +190,41 @@ def test_embedded_store_refuses_several_workers(tmp_path: Path) -> None:
         assert "embedded store" in result.stderr and "clickhouse-server" in result.stderr
     finally:
         pe.cleanup()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_prometheus_metrics_endpoint(tmp_path: Path) -> None:
+    import urllib.request
+
+    pe = make_env(tmp_path, "embedded")
+    try:
+        _generate(pe, "--count", "5000", "--seed", "23", "--malformed", "truncated=3")
+        port = _free_port()
+        ingest = pe.spawn("ingest", "--quiet", "--metrics-port", str(port), log=tmp_path / "ingest.log")
+
+        def scraped() -> str:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+                    return str(resp.read().decode())
+            except OSError:
+                return ""
+
+        def total(text: str, name: str) -> float:
+            return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+        wait_until(lambda: total(scraped(), "nova_ingest_events_total") >= 5000, timeout=60, what="metrics")
+        text = scraped()
+        assert total(text, "nova_ingest_events_total") == 5000
+        assert 'reason="truncated"' in text
+        assert "nova_ingest_consumer_lag" in text
+        ingest.send_signal(signal.SIGTERM)
+        assert ingest.wait(15) == 0
+    finally:
+        pe.cleanup()
