@@ -142,12 +142,21 @@ def alter_topic_config(settings: Settings, name: str, config: dict[str, str]) ->
     _wait(futures, f"alter config of topic '{name}'")
 
 
-def delete_topics(settings: Settings, names: list[str]) -> None:
+def delete_topics(settings: Settings, names: list[str], *, missing_ok: bool = False) -> None:
+    from confluent_kafka import KafkaError as CKafkaError
+
     if not names:
         return
     admin = admin_client(settings)
     futures = admin.delete_topics(names, operation_timeout=30)
-    _wait(futures, f"delete topics {', '.join(names)}")
+    for name, future in futures.items():
+        try:
+            future.result()
+        except Exception as exc:
+            err = exc.args[0] if exc.args else None
+            if missing_ok and getattr(err, "code", lambda: None)() == CKafkaError.UNKNOWN_TOPIC_OR_PART:
+                continue
+            raise KafkaError(f"cannot delete topic '{name}': {_reason(exc)}") from None
 
 
 def _wait(futures: dict[Any, Any], what: str) -> None:
