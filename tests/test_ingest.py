@@ -228,3 +228,33 @@ def test_prometheus_metrics_endpoint(tmp_path: Path) -> None:
         assert ingest.wait(15) == 0
     finally:
         pe.cleanup()
+
+
+def test_dlq_export_fix_and_republish(tmp_path: Path) -> None:
+    pe = make_env(tmp_path, "embedded")
+    try:
+        _generate(
+            pe, "--count", "2000", "--seed", "29", "--malformed", "rule_violation=9", "--malformed", "truncated=2"
+        )
+        pe.nova("ingest", "--until-caught-up", "--quiet")
+        assert pe.counts() == (2000, 2000)
+        export = tmp_path / "rejects.jsonl"
+        pe.nova("dlq", "export", "--reason", "rule_violation", "--out", str(export))
+        rows = [json.loads(line) for line in export.read_text().splitlines()]
+        assert len(rows) == 9 and all("record" in r for r in rows)
+        # A person fixes the records: a sane amount, a known currency, a plausible time.
+        now_ms = int(time.time() * 1000)
+        for r in rows:
+            r["record"].update(amount_minor=1234, currency="EUR", event_time=now_ms)
+        export.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        result = pe.nova("dlq", "republish", "--file", str(export), "--yes")
+        assert "re-published 9" in result.stderr
+        pe.nova("ingest", "--until-caught-up", "--quiet")
+        assert pe.counts() == (2009, 2009)
+        # Undecodable ones can't be exported as records: refused with the line named.
+        bad = tmp_path / "bad.jsonl"
+        pe.nova("dlq", "export", "--reason", "truncated", "--out", str(bad))
+        refused = pe.nova("dlq", "republish", "--file", str(bad), "--yes", expect=2)
+        assert f"{bad}:1" in refused.stderr
+    finally:
+        pe.cleanup()
