@@ -6,6 +6,7 @@ per-record Python work is the budget of a ≥100k events/s worker.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,26 @@ NULLABLE_FIELDS = {
 }
 RULE_VIOLATION = "rule_violation"
 ALERT_THRESHOLD = 0.8
+# The Avro contract's columns as ``transform`` consumes them, in the contract's field order.
+CONTRACT_SCHEMA: pa.Schema = pa.schema(
+    [
+        ("transaction_id", pa.string()),
+        ("event_time", pa.timestamp("ms", tz="UTC")),
+        ("card_id", pa.string()),
+        ("account_id", pa.string()),
+        ("merchant_id", pa.string()),
+        ("merchant_category", pa.string()),
+        ("amount_minor", pa.int64()),
+        ("currency", pa.string()),
+        ("country", pa.string()),
+        ("channel", pa.string()),
+        ("status", pa.string()),
+        ("device_id", pa.string()),
+        ("ip_address", pa.string()),
+        ("latitude", pa.float64()),
+        ("longitude", pa.float64()),
+    ]
+)
 
 
 @dataclass
@@ -112,14 +133,41 @@ def _event_time_ms(values: list[Any]) -> np.ndarray:
 def transform(
     records: list[dict[str, Any]], positions: list[int], *, rules: RulesSettings, enricher: Enricher, now_ms: int
 ) -> Chunk:
-    """Validate, enrich and score decoded records (at chunk `positions`) into an Arrow table."""
+    """Validate, enrich and score decoded records (at chunk `positions`): `transform_table` on their columns."""
+    if not records:
+        return Chunk(None, np.empty(0, dtype=np.int64))
+    return transform_table(
+        records_table(records), np.asarray(positions, dtype=np.int64), rules=rules, enricher=enricher, now_ms=now_ms
+    )
+
+
+def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
+    """Decoded records → the contract columns, converted exactly as ``transform`` converts them."""
     n = len(records)
+    columns: dict[str, Any] = {f: pa.array([r[f] for r in records], pa.string()) for f in STRING_FIELDS}
+    columns["amount_minor"] = pa.array(
+        np.fromiter((r["amount_minor"] for r in records), dtype=np.int64, count=n), pa.int64()
+    )
+    columns["event_time"] = pa.array(
+        _event_time_ms([r["event_time"] for r in records]), CONTRACT_SCHEMA.field("event_time").type
+    )
+    for f, t in NULLABLE_FIELDS.items():
+        columns[f] = pa.array([r.get(f) for r in records], t)
+    return pa.table({f.name: columns[f.name] for f in CONTRACT_SCHEMA}, schema=CONTRACT_SCHEMA)
+
+
+def transform_table(
+    table: pa.Table, positions: np.ndarray, *, rules: RulesSettings, enricher: Enricher, now_ms: int
+) -> Chunk:
+    """``transform`` for a table of contract columns (from ``FastDecoder.decode``): the same Chunk."""
+    n = table.num_rows
+    positions = np.asarray(positions, dtype=np.int64)
     if n == 0:
         return Chunk(None, np.empty(0, dtype=np.int64))
-    cols: dict[str, Any] = {f: [r[f] for r in records] for f in STRING_FIELDS}
-    amount = np.fromiter((r["amount_minor"] for r in records), dtype=np.int64, count=n)
-    event_ms = _event_time_ms([r["event_time"] for r in records])
-    currency = pa.array(cols["currency"], pa.string())
+    table = table.combine_chunks()
+    amount = table["amount_minor"].to_numpy()
+    event_ms = pc.cast(table["event_time"], pa.int64()).to_numpy()
+    currency = table["currency"]
 
     bad_amount = (amount < rules.min_amount_minor) | (amount > rules.max_amount_minor)
     bad_currency = ~pc.is_in(currency, value_set=pa.array(rules.currencies)).to_numpy(zero_copy_only=False)
@@ -128,61 +176,59 @@ def transform(
     bad = bad_amount | bad_currency | bad_future | bad_past
     rejected: list[Rejected] = []
     if bad.any():
-        for i in np.flatnonzero(bad):
-            r = records[i]
+        for i in np.flatnonzero(bad).tolist():
             if bad_amount[i]:
                 rule, detail = (
                     "amount_range",
-                    (f"amount_minor={r['amount_minor']} outside [{rules.min_amount_minor}, {rules.max_amount_minor}]"),
+                    f"amount_minor={int(amount[i])} outside [{rules.min_amount_minor}, {rules.max_amount_minor}]",
                 )
             elif bad_currency[i]:
-                rule, detail = "known_currency", f"currency {r['currency']!r} is not one of pipeline.rules.currencies"
+                rule, detail = (
+                    "known_currency",
+                    f"currency {currency[i].as_py()!r} is not one of pipeline.rules.currencies",
+                )
             elif bad_future[i]:
                 rule, detail = "event_time_future", f"event_time {event_ms[i]} is more than {rules.max_future_s}s ahead"
             else:
                 rule, detail = "event_time_past", f"event_time {event_ms[i]} is older than {rules.max_past_days} days"
-            rejected.append(Rejected(positions[i], RULE_VIOLATION, detail, rule))
+            rejected.append(Rejected(int(positions[i]), RULE_VIOLATION, detail, rule))
         keep = ~bad
-        records = [r for r, k in zip(records, keep, strict=True) if k]
-        cols = {f: [v for v, k in zip(vals, keep, strict=True) if k] for f, vals in cols.items()}
+        table = table.filter(pa.array(keep))
         amount, event_ms = amount[keep], event_ms[keep]
-        currency = pa.array(cols["currency"], pa.string())
-        kept_positions = np.asarray(positions, dtype=np.int64)[keep]
-    else:
-        kept_positions = np.asarray(positions, dtype=np.int64)
-    if not records:
-        return Chunk(None, kept_positions, rejected)
+        currency = table["currency"]
+        positions = positions[keep]
+    if table.num_rows == 0:
+        return Chunk(None, positions, rejected)
 
-    arrays: dict[str, Any] = {f: pa.array(cols[f], pa.string()) for f in STRING_FIELDS}
-    arrays["currency"] = currency
-    extra = enricher.enrich(arrays["merchant_id"], currency, amount)
-    optional = {f: pa.array([r.get(f) for r in records], t) for f, t in NULLABLE_FIELDS.items()}
+    col = {name: table[name].combine_chunks() for name in table.column_names}
+    currency = col["currency"]
+    extra = enricher.enrich(col["merchant_id"], currency, amount)
     cross_border = pc.not_equal(currency, extra["merchant_currency"]).to_numpy(zero_copy_only=False).astype(np.float64)
     risk = score(
         amount_reporting_minor=extra["amount_reporting_minor"],
         cross_border=cross_border,
-        channel=arrays["channel"],
-        device_missing=pc.is_null(optional["device_id"]).to_numpy(zero_copy_only=False),
-        status=arrays["status"],
+        channel=col["channel"],
+        device_missing=pc.is_null(col["device_id"]).to_numpy(zero_copy_only=False),
+        status=col["status"],
     )
-    table = pa.table(
+    out = pa.table(
         {
-            "transaction_id": arrays["transaction_id"],
-            "event_time": pa.array(event_ms, pa.timestamp("ms", tz="UTC")),
-            "card_id": arrays["card_id"],
-            "account_id": arrays["account_id"],
-            "merchant_id": arrays["merchant_id"],
-            "merchant_category": arrays["merchant_category"],
+            "transaction_id": col["transaction_id"],
+            "event_time": col["event_time"],
+            "card_id": col["card_id"],
+            "account_id": col["account_id"],
+            "merchant_id": col["merchant_id"],
+            "merchant_category": col["merchant_category"],
             "merchant_name": extra["merchant_name"],
             "merchant_segment": extra["merchant_segment"],
-            "amount_minor": pa.array(amount, pa.int64()),
+            "amount_minor": col["amount_minor"],
             "currency": currency,
             "amount_reporting_minor": pa.array(extra["amount_reporting_minor"], pa.int64()),
-            "country": arrays["country"],
-            "channel": arrays["channel"],
-            "status": arrays["status"],
-            **optional,
+            "country": col["country"],
+            "channel": col["channel"],
+            "status": col["status"],
+            **{f: col[f] for f in NULLABLE_FIELDS},
             "risk_score": pa.array(risk, pa.float32()),
         }
     )
-    return Chunk(table, kept_positions, rejected)
+    return Chunk(out, positions, rejected)

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 
 from pipelines.errors import KafkaError, NovaError, StoreError, UsageError
 from pipelines.ingest.state import COMMITTED, PENDING, Range, StateStore
-from pipelines.ingest.transform import Enricher, transform
+from pipelines.ingest.transform import Enricher, transform_table
 
 if TYPE_CHECKING:
     from confluent_kafka import Consumer, Message, Producer, TopicPartition
@@ -116,7 +116,7 @@ class Worker:
         stop_event: threading.Event | None = None,
         status_interval_s: float = 0.5,
     ) -> None:
-        from pipelines.avro_codec import Decoder
+        from pipelines.ingest.fastdecode import FastDecoder
         from pipelines.reference import load_reference
         from pipelines.registry import open_registry
 
@@ -128,7 +128,7 @@ class Worker:
         self.on_status = on_status
         self.stop_event = stop_event or threading.Event()
         self.status_interval_s = status_interval_s
-        self.decoder = Decoder(open_registry(settings))
+        self.decoder = FastDecoder(open_registry(settings))
         self.enricher = Enricher(load_reference(settings))
         db = settings.clickhouse.database
         self.table = f"{db}.{self.p.table}"
@@ -312,13 +312,11 @@ class Worker:
         if not good:
             return
         values = [m.value() for m in good]
-        records, errors = self.decoder.decode_batch(values)
-        bad_idx = {i for i, _ in errors}
-        positions = [i for i in range(len(good)) if i not in bad_idx] if errors else list(range(len(good)))
-        chunk = transform(
-            records, positions, rules=self.p.rules, enricher=self.enricher, now_ms=int(time.time() * 1000)
+        decoded, positions, errors = self.decoder.decode(values)
+        chunk = transform_table(
+            decoded, positions, rules=self.p.rules, enricher=self.enricher, now_ms=int(time.time() * 1000)
         )
-        dlq_by_pos: dict[int, tuple[str, str, str]] = {i: (e.reason, e.detail, "") for i, e in errors}
+        dlq_by_pos: dict[int, tuple[str, str, str]] = {i: (reason, detail, "") for i, reason, detail in errors}
         for r in chunk.rejected:
             dlq_by_pos[r.index] = (r.reason, r.detail, r.rule)
         for pos, (reason, detail, rule) in dlq_by_pos.items():
