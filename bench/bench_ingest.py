@@ -1,4 +1,4 @@
-"""Ingest benchmark: (a) bare consume, (b) consume + decode, (c) the full `nova ingest` worker.
+"""Ingest benchmark: (a) bare consume, (b) consume + decode (the columnar decoder the worker uses), (c) the full `nova ingest` worker.
 
 Pre-produces N events (default 2M) once into a fresh topic, then runs each phase in its own
 process over the same topic with a fresh consumer group, and reports per worker process:
@@ -52,15 +52,15 @@ def phase_consume(settings, events: int, decode: bool) -> dict:  # type: ignore[
         **{
             "fetch.max.bytes": 64 * 1024 * 1024,
             "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            "queued.max.messages.kbytes": 256 * 1024,
+            "queued.max.messages.kbytes": 64 * 1024,
         },
     )
     decoder = None
     if decode:
-        from pipelines.avro_codec import Decoder
+        from pipelines.ingest.fastdecode import FastDecoder
         from pipelines.registry import open_registry
 
-        decoder = Decoder(open_registry(settings))
+        decoder = FastDecoder(open_registry(settings))
     consumer.subscribe([settings.pipeline.topic])
     n, first = 0, None
     cpu0 = _usage()["cpu_s"]
@@ -72,7 +72,7 @@ def phase_consume(settings, events: int, decode: bool) -> dict:  # type: ignore[
             first = time.time()
         values = [m.value() for m in msgs if m.error() is None]
         if decoder is not None:
-            decoder.decode_batch(values)
+            decoder.decode(values)
         n += len(values)
     elapsed = time.time() - (first or time.time())
     consumer.close()

@@ -167,7 +167,7 @@ class Worker:
                 "heartbeat.interval.ms": max(300, self.p.session_timeout_ms // 10),
                 "fetch.max.bytes": 64 * 1024 * 1024,
                 "max.partition.fetch.bytes": 8 * 1024 * 1024,
-                "queued.max.messages.kbytes": 256 * 1024,
+                "queued.max.messages.kbytes": 64 * 1024,
                 "isolation.level": "read_committed",
             },
         )
