@@ -1,4 +1,4 @@
-"""Ingest benchmark: (a) bare consume, (b) consume + decode (the columnar decoder the worker uses), (c) the full `nova ingest` worker.
+"""Ingest benchmark: (a) bare consume, (b) consume + decode, (c) the full `nova ingest` worker.
 
 Pre-produces N events (default 2M) once into a fresh topic, then runs each phase in its own
 process over the same topic with a fresh consumer group, and reports per worker process:

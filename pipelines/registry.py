@@ -578,7 +578,7 @@ class FileRegistry(SchemaRegistry):
             self._write_schema_file(plan.file, new)
             subjects = {name: list(entries) for name, entries in state.subjects.items()}
             subjects.setdefault(subject, []).append(_Entry(plan.version, plan.id, plan.file))
-            _atomic_write(self.path, render_registry_yaml(subjects))
+            _atomic_write(self.path, _render_registry_yaml(subjects))
             self._state = self._read()
         return plan.id
 
@@ -609,7 +609,7 @@ class FileRegistry(SchemaRegistry):
             os.close(fd)
 
 
-def render_registry_yaml(subjects: dict[str, list[_Entry]]) -> str:
+def _render_registry_yaml(subjects: dict[str, list[_Entry]]) -> str:
     body = {
         "subjects": {
             name: [{"version": e.version, "id": e.id, "file": e.file} for e in entries]

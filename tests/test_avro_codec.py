@@ -180,6 +180,8 @@ def test_older_writer_decodes_into_the_reader_shape(registry: FileRegistry, v1: 
 
     as_v1 = Decoder(registry, reader_schema=registry.get_schema(1).raw)
     assert as_v1.decode(new) == transaction(8)  # newer writer: the extra fields are dropped
+    for same_reader in (registry.get_schema(2), registry.get_schema(2).parsed):  # other spellings
+        assert Decoder(registry, reader_schema=same_reader).decode(old)["tier"] == 3
     assert Decoder(registry).decode(new)["risk_score"] == 0.25  # no reader: the writer's own shape
 
 

@@ -117,9 +117,12 @@ def test_register_identical_schema_is_idempotent(schema_dir: Path, v1_text: str)
     registry = FileRegistry(schema_dir)
     before = snapshot(schema_dir)
     reformatted = json.dumps(json.loads(v1_text), indent=None, sort_keys=True)  # same schema, other text
+    full_name = json.loads(v1_text)
+    full_name["name"] = f"{full_name.pop('namespace')}.{full_name['name']}"  # same name, spelled out
     assert registry.plan_register(SUBJECT, reformatted).action == "unchanged"
     assert registry.register(SUBJECT, v1_text) == 1
     assert registry.register(SUBJECT, reformatted) == 1
+    assert registry.register(SUBJECT, json.dumps(full_name)) == 1
     assert snapshot(schema_dir) == before
 
 
