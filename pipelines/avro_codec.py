@@ -351,6 +351,10 @@ class Decoder:
 
     # -- schema lookup
 
+    def require_schema(self, schema_id: int) -> None:
+        """Raise the `unknown_schema_id` DecodeError this decoder would give for `schema_id` (cached)."""
+        self._plan(schema_id)
+
     def _plan(self, schema_id: int) -> _Plan:
         plan = self._plans.get(schema_id)
         if plan is not None:

@@ -218,8 +218,8 @@ def test_unresolvable_writer_is_wrong_type(tmp_path: Path):
     registry.register("other-value", other)
     reader = json.dumps({"type": "record", "name": "R", "fields": [{"name": "n", "type": "long"}]})
     value = Encoder(1, other).encode({"x": "hello"})
-    records, errors = Decoder(registry, reader_schema=reader).decode_batch([value])
-    assert records == [] and [(i, e.reason) for i, e in errors] == [(0, "wrong_type")]
+    records, errors = Decoder(registry, reader_schema=reader).decode_batch([value] * 10)
+    assert records == [] and [(i, e.reason) for i, e in errors] == [(i, "wrong_type") for i in range(10)]
 
 
 # --- decode_batch -------------------------------------------------------------------------------
@@ -289,6 +289,14 @@ def test_a_bad_body_never_shifts_its_neighbours_into_wrong_records(tmp_path: Pat
     records, errors = Decoder(registry).decode_batch(values)
     assert records == [{"a": 4, "b": 5}]
     assert [(i, e.reason) for i, e in errors] == [(0, "wrong_type")]
+
+
+def test_a_run_of_bad_messages_then_good_ones(registry: FileRegistry, v1: Encoder):
+    good = v1.encode_batch([transaction(i) for i in range(20)])
+    values = [wire_header(1) + b"\xff\xff\xff" for _ in range(6)] + good
+    records, errors = Decoder(registry).decode_batch(values)
+    assert [i for i, _ in errors] == list(range(6))
+    assert records == [transaction(i) for i in range(20)]
 
 
 def test_decode_batch_agrees_with_decode_on_random_corruption(registry: FileRegistry, v1: Encoder, monkeypatch):

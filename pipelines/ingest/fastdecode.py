@@ -478,7 +478,7 @@ class FastDecoder:
         """The columnar reader of a schema id; DecodeError for an unknown id (as the slow path says it)."""
         if schema_id in self._readers:
             return self._readers[schema_id]
-        self.fallback._plan(schema_id)  # raises the unknown-id DecodeError, cached and retried as there
+        self.fallback.require_schema(schema_id)  # raises the unknown-id DecodeError, cached and retried as there
         writer = raw_logical_schema(json.loads(self.registry.get_schema(schema_id).raw))
         try:
             reader: _Reader | None = _Reader(writer)
