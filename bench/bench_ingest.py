@@ -124,22 +124,6 @@ def _run_phase(name: str, topic: str, chdb_path: str, events: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def machine() -> str:
-    import platform
-
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    system = f"{platform.system()} {platform.release()}"
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {system}, Python {platform.python_version()}"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=2_000_000)
@@ -187,6 +171,8 @@ def main() -> None:
             file=sys.stderr,
         )
     results["ratio_ingest_to_consume"] = results["ingest"]["events_per_s"] / results["consume"]["events_per_s"]
+    from _docs import machine
+
     results["machine"] = machine()
     results["events"] = args.events
     results["batch_max_rows"] = settings.pipeline.batch_max_rows
@@ -225,13 +211,6 @@ def format_markdown(r: dict) -> str:
 
 
 def write_docs(r: dict) -> None:
-    path = REPO / "docs" / "BENCHMARKS.md"
-    begin, end = "<!-- ingest:begin -->", "<!-- ingest:end -->"
-    text = path.read_text()
-    head, _, rest = text.partition(begin)
-    _, _, tail = rest.partition(end)
-    path.write_text(f"{head}{begin}\n{format_markdown(r)}\n{end}{tail}")
+    from _docs import write_section
 
-
-if __name__ == "__main__":
-    main()
+    write_section("ingest", format_markdown(r))
