@@ -45,16 +45,9 @@ def _usage() -> dict[str, float]:
 
 def phase_consume(settings, events: int, decode: bool) -> dict:  # type: ignore[no-untyped-def]
     from pipelines import kafka
+    from pipelines.ingest.worker import FETCH_TUNING
 
-    consumer = kafka.consumer(
-        settings,
-        group_id=settings.pipeline.group_id,
-        **{
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 8 * 1024 * 1024,
-            "queued.max.messages.kbytes": 64 * 1024,
-        },
-    )
+    consumer = kafka.consumer(settings, group_id=settings.pipeline.group_id, **FETCH_TUNING)
     decoder = None
     if decode:
         from pipelines.ingest.fastdecode import FastDecoder
@@ -214,3 +207,7 @@ def write_docs(r: dict) -> None:
     from _docs import write_section
 
     write_section("ingest", format_markdown(r))
+
+
+if __name__ == "__main__":
+    main()
