@@ -41,7 +41,7 @@ import fastavro  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipelines.avro_codec import Decoder, raw_logical_schema  # noqa: E402
+from pipelines.avro_codec import Decoder, _zigzag, raw_logical_schema  # noqa: E402
 from pipelines.config import load_settings  # noqa: E402
 from pipelines.generate import MALFORMED_KINDS, open_message_stream  # noqa: E402
 from pipelines.ingest.fastdecode import FastDecoder  # noqa: E402
@@ -99,11 +99,11 @@ class ChdbContainer:
         schema = raw_logical_schema(writer_json)  # uuid as a plain string, event_time as a long
         schema["fields"].append({"name": "_seq", "type": "long"})
         meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"null"}
-        header = bytearray(b"Obj\x01") + self._zz(len(meta))
+        header = bytearray(b"Obj\x01") + _zigzag(len(meta))
         for key, value in meta.items():
-            header += self._zz(len(key)) + key.encode() + self._zz(len(value)) + value
+            header += _zigzag(len(key)) + key.encode() + _zigzag(len(value)) + value
         self.header = bytes(header + b"\x00" + self.SYNC)
-        self.seq = [self._zz(i) for i in range(100_000)]
+        self.seq = [_zigzag(i) for i in range(100_000)]
         self.path = scratch / "chunk.avro"
         self.conn = sqlitelike.connect(f":memory:?user_files_path={scratch}&tmp_path={scratch / 'tmp'}")
         self.columns = (
@@ -112,20 +112,10 @@ class ChdbContainer:
             "latitude, longitude, _seq"
         )
 
-    @staticmethod
-    def _zz(n: int) -> bytes:
-        n = (n << 1) ^ (n >> 63)
-        out = bytearray()
-        while n > 0x7F:
-            out.append((n & 0x7F) | 0x80)
-            n >>= 7
-        out.append(n)
-        return bytes(out)
-
     def decode(self, values: list[bytes]) -> tuple[pa.Table, np.ndarray]:
         seq = self.seq
         body = b"".join([v[5:] + seq[i] for i, v in enumerate(values)])
-        self.path.write_bytes(b"".join((self.header, self._zz(len(values)), self._zz(len(body)), body, self.SYNC)))
+        self.path.write_bytes(b"".join((self.header, _zigzag(len(values)), _zigzag(len(body)), body, self.SYNC)))
         table = self.conn.query(f"SELECT {self.columns} FROM file('{self.path}', 'Avro')", "ArrowTable")
         positions = table["_seq"].to_numpy()
         table = table.drop_columns(["_seq"])

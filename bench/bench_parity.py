@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT))
 from pipelines import ddl  # noqa: E402
 from pipelines.clickhouse import open_store  # noqa: E402
 from pipelines.config import load_settings  # noqa: E402
+from pipelines.legacy import ensure_schema  # noqa: E402
 from pipelines.specs import load_tables  # noqa: E402
 
 SCHEMA = "bench_parity"
@@ -54,18 +55,6 @@ STATUSES = {"AUTH": "AUTHORIZED", "CAPT": "CAPTURED", "DECL": "DECLINED", "RFND"
 COUNTRIES = ["DE", "FR", "GB", "US", "JP", "SE", "PL", "CH", "ES", "IT"]
 MERCHANTS = 2000
 CHUNK = 500_000
-
-LEGACY_DDL = """
-CREATE TABLE {schema}.card_txn (
-  txn_ref varchar(36) NOT NULL,
-  txn_ts_local timestamp without time zone NOT NULL,
-  txn_tz text NOT NULL,
-  card_token text NOT NULL, acct_no text NOT NULL, merchant_code text NOT NULL, mcc char(4) NOT NULL,
-  amount numeric(14,2) NOT NULL,
-  ccy char(3) NOT NULL, merchant_country char(2) NOT NULL, channel_cd char(1) NOT NULL, status_cd varchar(4) NOT NULL,
-  device_ref text NULL, client_ip inet NULL, geo_lat numeric(9,6) NULL, geo_lon numeric(9,6) NULL,
-  batch_id integer NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())
-"""
 
 
 def _offsets(days: int) -> np.ndarray:
@@ -169,8 +158,13 @@ def fill(settings: Any, store: Any, rows: int, days: int, seed: int) -> dict[str
     t_gen = t_pg = t_ch = 0.0
     with psycopg.connect(settings.legacy.dsn, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {SCHEMA} CASCADE")
-        conn.execute(f"CREATE SCHEMA {SCHEMA}")
-        conn.execute(LEGACY_DDL.format(schema=SCHEMA))
+        # The warehouse's own DDL, then without its keys while loading (they are built after the COPY).
+        ensure_schema(
+            settings=settings.model_copy(update={"legacy": settings.legacy.model_copy(update={"schema_name": SCHEMA})}),
+            conn=conn,
+        )
+        conn.execute(f"ALTER TABLE {SCHEMA}.card_txn DROP CONSTRAINT card_txn_pkey")
+        conn.execute(f"DROP INDEX {SCHEMA}.card_txn_ts")
         with conn.cursor() as cur:
             cur.execute("SET synchronous_commit = off")
             done = 0

@@ -45,17 +45,6 @@ CHANNELS = {"P": "POS", "E": "ECOM", "A": "ATM", "M": "MOTO", "C": "CONTACTLESS"
 STATUSES = {"AUTH": "AUTHORIZED", "CAPT": "CAPTURED", "DECL": "DECLINED", "RFND": "REFUNDED", "REVS": "REVERSED"}
 N_ROWS = 20_000
 
-LEGACY_DDL = """
-CREATE TABLE {schema}.card_txn (
-  txn_ref varchar(36) PRIMARY KEY,
-  txn_ts_local timestamp without time zone NOT NULL,
-  txn_tz text NOT NULL,
-  card_token text NOT NULL, acct_no text NOT NULL, merchant_code text NOT NULL, mcc char(4) NOT NULL,
-  amount numeric(14,2) NOT NULL,
-  ccy char(3) NOT NULL, merchant_country char(2) NOT NULL, channel_cd char(1) NOT NULL, status_cd varchar(4) NOT NULL,
-  device_ref text NULL, client_ip inet NULL, geo_lat numeric(9,6) NULL, geo_lon numeric(9,6) NULL,
-  batch_id integer NOT NULL, loaded_at timestamptz NOT NULL DEFAULT now())
-"""
 LEGACY_COLUMNS = (
     "txn_ref",
     "txn_ts_local",
@@ -182,9 +171,11 @@ def _pg_connect() -> Any:
 def legacy_schema() -> Iterator[str]:
     """A schema of this test's own with an empty card_txn; dropped afterwards."""
     schema = unique("parity")
-    with _pg_connect() as conn:
-        conn.execute(f'CREATE SCHEMA "{schema}"')
-        conn.execute(LEGACY_DDL.format(schema=f'"{schema}"'))
+    from pipelines.config import load_settings
+    from pipelines.legacy import ensure_schema
+
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ={"NOVA_LEGACY__SCHEMA": schema})
+    ensure_schema(settings=settings)  # the warehouse's own DDL (configs/legacy/schema.sql)
     yield schema
     with _pg_connect() as conn:
         conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
