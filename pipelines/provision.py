@@ -181,6 +181,7 @@ def _plan_schemas(settings: Settings) -> list[PlanItem]:
 
     pinned = FileRegistry(settings.configs_dir / "schemas", compatibility=settings.schema_registry.compatibility)
     registry = open_registry(settings)
+    level = settings.schema_registry.compatibility
     items = []
     for subject in pinned.subjects():
         schema_str = pinned.latest(subject).schema.raw
@@ -190,12 +191,21 @@ def _plan_schemas(settings: Settings) -> list[PlanItem]:
             where += f", id {plan.id}"
         if not plan.compatible:
             items.append(PlanItem("schema", subject, "refused", "incompatible: " + "; ".join(plan.messages)))
-        elif plan.action == "unchanged":
+            continue
+        steps: list[Callable[[], Any]] = []
+        details: list[str] = []
+        current = registry.compatibility(subject)
+        if current != level:  # an http registry's own default (Apicurio: NONE) must not weaken the contract
+            steps.append(partial(registry.set_compatibility, level, subject))
+            details.append(f"compatibility {current} → {level}")
+        if plan.action != "unchanged":
+            steps.append(partial(_register, registry, subject, schema_str))
+            details.insert(0, f"{plan.action} {where}".strip())
+        if not steps:
             items.append(PlanItem("schema", subject, "unchanged", where))
         else:
             action: Action = "create" if plan.action == "create" else "change"
-            apply = partial(_register, registry, subject, schema_str)
-            items.append(PlanItem("schema", subject, action, f"{plan.action} {where}".strip(), apply))
+            items.append(PlanItem("schema", subject, action, ", ".join(details), _run_all(steps)))
     return items
 
 

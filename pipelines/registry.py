@@ -298,6 +298,16 @@ def _compat_problems(new_reader: _Parsed, old_writer: _Parsed, reader_label: str
     return problems or [_describe(result, reader, reader_label, writer_label)]
 
 
+def _level_problems(new: _Parsed, old: _Parsed, label: str, new_reads_old: bool, old_reads_new: bool) -> list[str]:
+    """Why ``new`` can't follow ``old`` (called ``label``) in the directions a level asks for."""
+    found: list[str] = []
+    if new_reads_old:
+        found += _compat_problems(new, old, "the new schema", label)
+    if old_reads_new:
+        found += _compat_problems(old, new, label, "the new schema")
+    return found
+
+
 def _fix_hint(level: str) -> str:
     new_reads_old, old_reads_new = _directions(level)
     rules = []
@@ -515,13 +525,9 @@ class FileRegistry(SchemaRegistry):
         problems: list[str] = []
         failed: list[tuple[int, int]] = []
         for entry in reversed(against):
-            old = state.by_id[entry.id]
-            label = f"version {entry.version}"
-            found = []
-            if new_reads_old:
-                found += _compat_problems(new, old, "the new schema", label)
-            if old_reads_new:
-                found += _compat_problems(old, new, label, "the new schema")
+            found = _level_problems(
+                new, state.by_id[entry.id], f"version {entry.version}", new_reads_old, old_reads_new
+            )
             if found:
                 failed.append((entry.version, entry.id))
                 problems += found
@@ -805,7 +811,7 @@ class HttpRegistry(SchemaRegistry):
             else self._client.test_compatibility
         )
         try:
-            ok = test(subject, self._avro(schema_str))
+            ok = test(subject, self._avro(schema_str), normalize=True)
         except SchemaRegistryError as exc:
             if exc.error_code == 40401:
                 return True, []  # a new subject: nothing to be compatible with
@@ -815,7 +821,10 @@ class HttpRegistry(SchemaRegistry):
         return bool(ok), ([] if ok else self._why_incompatible(subject, schema_str))
 
     def _why_incompatible(self, subject: str, schema_str: str) -> list[str]:
-        """The registry's reasons (its verbose compatibility answer), best effort."""
+        """Why the registry refused: its verbose compatibility answer, else nova's own checker's
+        reasons against the versions the server compared with (best effort; the server's verdict
+        stands either way)."""
+        no_reason = ["the registry gave no reason"]
         # test_compatibility(verbose=True) drops the messages; ask the same endpoint directly.
         rest = getattr(self._client, "_rest_client", None)
         try:
@@ -823,9 +832,27 @@ class HttpRegistry(SchemaRegistry):
                 f"compatibility/subjects/{quote(subject, safe='')}/versions/latest?verbose=true",
                 body={"schema": schema_str, "schemaType": "AVRO"},
             )
-            return [str(m) for m in answer.get("messages") or []] or ["the registry gave no reason"]
+            messages = [str(m) for m in answer.get("messages") or []]
         except Exception:  # diagnostics only: never hide the refusal itself
-            return ["the registry gave no reason"]
+            messages = []
+        if messages:
+            return messages
+        # Some Confluent-compatible servers (Apicurio's ccompat API) answer verbose=true without
+        # messages: explain with the same checker the file registry uses.
+        try:
+            level = self.compatibility(subject)
+            new_reads_old, old_reads_new = _directions(level)
+            new = _parse(schema_str, what=f"schema for subject '{subject}'")
+            versions = self.versions(subject)
+            against = versions if level.endswith("_TRANSITIVE") else versions[-1:]
+            problems: list[str] = []
+            for version in reversed(against):
+                rs = self._client.get_version(subject, version)
+                old = _parse(rs.schema.schema_str or "", what=f"version {version} of '{subject}'")
+                problems += _level_problems(new, old, f"version {version}", new_reads_old, old_reads_new)
+            return problems or no_reason
+        except Exception:  # diagnostics only, as above
+            return no_reason
 
     def plan_register(self, subject: str, schema_str: str) -> RegisterPlan:
         _parse(schema_str, what=f"schema for subject '{subject}'")
@@ -833,7 +860,7 @@ class HttpRegistry(SchemaRegistry):
 
         what = f"look up schema in '{subject}'"
         try:
-            found = self._client.lookup_schema(subject, self._avro(schema_str))
+            found = self._client.lookup_schema(subject, self._avro(schema_str), normalize_schemas=True)
             return RegisterPlan(subject, "unchanged", found.schema_id, found.version)
         except SchemaRegistryError as exc:
             if exc.error_code == 40401:
@@ -842,9 +869,9 @@ class HttpRegistry(SchemaRegistry):
                 raise translate_registry_error(exc, url=self.url, what=what, subject=subject) from None
         except _transport_error_types() as exc:
             raise translate_registry_error(exc, url=self.url, what=what, subject=subject) from None
-        latest = self.latest(subject)
+        next_version = max(self.versions(subject), default=0) + 1  # not the client's cached "latest"
         ok, messages = self.check(subject, schema_str)
-        return RegisterPlan(subject, "new version", None, latest.version + 1, ok, tuple(messages))
+        return RegisterPlan(subject, "new version", None, next_version, ok, tuple(messages))
 
     def register(self, subject: str, schema_str: str) -> int:
         _parse(schema_str, what=f"schema for subject '{subject}'")
@@ -852,7 +879,9 @@ class HttpRegistry(SchemaRegistry):
 
         what = f"register schema under '{subject}'"
         try:
-            return int(self._client.register_schema(subject, self._avro(schema_str)))
+            # normalize: the same schema in other whitespace or key order is the same schema, as in
+            # the file registry (Confluent's server canonicalises anyway; Apicurio's needs asking).
+            schema_id = int(self._client.register_schema(subject, self._avro(schema_str), normalize_schemas=True))
         except SchemaRegistryError as exc:
             err = translate_registry_error(exc, url=self.url, what=what, subject=subject)
             if isinstance(err, SchemaCompatibilityError):
@@ -862,13 +891,22 @@ class HttpRegistry(SchemaRegistry):
             raise err from None
         except _transport_error_types() as exc:
             raise translate_registry_error(exc, url=self.url, what=what, subject=subject) from None
+        # The client caches "latest" per subject (cache.latest.ttl.sec): this instance's own new
+        # version must show at once, not up to that many seconds later.
+        self._client.clear_latest_caches()
+        return schema_id
 
     def compatibility(self, subject: str | None = None) -> str:
         from confluent_kafka.schema_registry.error import SchemaRegistryError
 
         what = f"get compatibility of '{subject}'" if subject else "get the default compatibility"
         try:
-            return str(self._client.get_compatibility(subject))
+            if subject is None:
+                return str(self._client.get_compatibility(None))
+            # defaultToGlobal: the level in force. Without it a subject with no level of its own is
+            # 40408 on Confluent's server, but "NONE" on Apicurio's (which still enforces the global one).
+            answer = self._client._rest_client.get(f"config/{quote(subject, safe='')}", {"defaultToGlobal": "true"})
+            return str(answer["compatibilityLevel"])
         except SchemaRegistryError as exc:
             if subject is not None and exc.error_code in (40401, 40408):  # no subject-level setting
                 return self.compatibility(None)
