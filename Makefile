@@ -25,7 +25,7 @@ stack: install ## Start Kafka, PostgreSQL and clickhouse-server (idempotent)
 DEMO_EVENTS ?= 1000000
 DEMO_RATE   ?= 50000
 TOP_MERCHANTS = SELECT merchant_id, any(merchant_name) AS merchant, count() AS transactions, \
-	round(sum(amount_reporting_minor) / 100) AS volume_eur FROM transactions \
+	intDiv(sum(amount_reporting_minor), 100) AS volume_eur FROM transactions \
 	GROUP BY merchant_id ORDER BY volume_eur DESC LIMIT 10
 
 demo: install ## Fresh machine → stack up, provision, generate 1M events while ingesting them, summary

@@ -101,7 +101,7 @@ def ingest_cmd(
 
         metrics = Metrics(metrics_port)
     started = time.time()
-    live = None if quiet or json_out else Live(console=_common.err, refresh_per_second=2, transient=False)
+    live = None if quiet or json_out else Live(console=_common.err, refresh_per_second=2, transient=True)
 
     def on_status(statuses: list[Any]) -> None:
         if metrics:

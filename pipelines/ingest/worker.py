@@ -298,6 +298,9 @@ class Worker:
                 self.status.reason = f"kafka: {err.str()}"
                 continue
             p = cast(int, m.partition())
+            if p not in self.assigned:
+                # Fetched before a rebalance took the partition away: its new owner reads it from the state.
+                continue
             skip = self.skip.get(p)
             if skip is not None:
                 end, present = skip
