@@ -22,10 +22,11 @@ def format_live(statuses: list[Any], started: float):  # type: ignore[no-untyped
     table = Table(
         title=f"nova ingest — {events:,} events, {events / elapsed:,.0f}/s, {dlq:,} dead-lettered", title_justify="left"
     )
-    for col in ("worker", "state", "partitions", "lag", "last batch", "insert", "latency p50/p99", "note"):
+    for col in ("worker", "state", "lag by partition", "lag", "last batch", "insert", "latency p50/p99", "note"):
         table.add_column(col)
     for s in statuses:
         lag = sum(v for v in s.lag.values() if v > 0) if s.lag else 0
+        by_partition = " ".join(f"{p}:{'?' if s.lag.get(p, -1) < 0 else f'{s.lag[p]:,}'}" for p in s.assigned)
         lat = (
             f"{s.latency_p50_ms / 1000:.2f}s / {s.latency_p99_ms / 1000:.2f}s"
             if s.latency_p50_ms is not None and s.latency_p99_ms is not None
@@ -35,7 +36,7 @@ def format_live(statuses: list[Any], started: float):  # type: ignore[no-untyped
         table.add_row(
             s.worker.rsplit("-", 1)[-1],
             state,
-            ",".join(map(str, s.assigned)) or "-",
+            by_partition or "-",
             f"{lag:,}",
             f"{s.last_batch_rows:,}",
             f"{s.last_insert_s * 1000:.0f} ms",
