@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 RESTART_DELAY_S = 1.0
 FATAL_EXIT = 3
 CRASH_LOOP = (5, 60.0)  # this many crashes (exit code > 0) within this many seconds: give up
+CAUGHT_UP_STABLE_S = 1.0  # --until-caught-up: every worker caught up, every partition owned, this long
 STOP_GRACE_S = 9.0
 
 
@@ -49,6 +50,7 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
             index=index,
             on_status=report,
             stop_event=stop,
+            coordinated=True,
         )
     except NovaError as exc:  # an expected failure (e.g. table missing): no point restarting
         q.put((index, {"fatal": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}))
@@ -84,8 +86,9 @@ def supervise(
     procs: dict[int, Any] = {}
     latest: dict[int, WorkerStatus] = {}
     retired: list[WorkerStatus] = []  # last words of crashed incarnations, so totals stay right
-    done: set[int] = set()
     restart_at: dict[int, float] = {}
+    partitions = _partition_count(settings) if until_caught_up else 0
+    caught_up_since: float | None = None
     crashes: list[float] = []
 
     def start(i: int) -> None:
@@ -110,10 +113,7 @@ def supervise(
             if stop_event.is_set():
                 break
             for i, proc in list(procs.items()):
-                if i in done or proc.is_alive():
-                    continue
-                if proc.exitcode == 0 and until_caught_up:
-                    done.add(i)
+                if proc.is_alive():
                     continue
                 # Died (kill -9, crash) or stopped on its own without being asked: restart it.
                 if i not in restart_at:
@@ -131,8 +131,13 @@ def supervise(
                 elif time.monotonic() >= restart_at[i]:
                     del restart_at[i]
                     start(i)
-            if until_caught_up and len(done) == workers:
-                break
+            if until_caught_up:
+                if _all_caught_up(procs, latest, partitions):
+                    caught_up_since = caught_up_since or time.monotonic()
+                    if time.monotonic() - caught_up_since >= CAUGHT_UP_STABLE_S:
+                        break
+                else:
+                    caught_up_since = None
             time.sleep(0.2)
     finally:
         for proc in procs.values():
@@ -146,6 +151,31 @@ def supervise(
                 proc.join(1)
         _drain(q, latest)
     return [*retired, *latest.values()]
+
+
+def _partition_count(settings: Settings) -> int:
+    from pipelines import kafka
+    from pipelines.errors import KafkaError
+
+    topic = settings.pipeline.topic
+    found = kafka.describe_topics(settings, [topic])
+    if topic not in found:
+        raise KafkaError(f"topic '{topic}' does not exist", hint="run `nova provision --yes`")
+    return found[topic].partitions
+
+
+def _all_caught_up(procs: dict[int, Any], latest: dict[int, WorkerStatus], partitions: int) -> bool:
+    """Every worker alive and caught up on its partitions, and together they own every partition.
+
+    The second half matters: during a rebalance a partition can be owned by nobody for a moment.
+    """
+    owned: set[int] = set()
+    for i, proc in procs.items():
+        status = latest.get(i)
+        if not proc.is_alive() or status is None or status.state != "running" or not status.caught_up:
+            return False
+        owned.update(status.assigned)
+    return owned >= set(range(partitions))
 
 
 def _drain(q: Any, latest: dict[int, WorkerStatus]) -> dict[str, Any] | None:

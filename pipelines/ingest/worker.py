@@ -61,6 +61,7 @@ class WorkerStatus:
     updated_at: float = field(default_factory=time.time)
     newest_event_ms: int | None = None
     first_message_at: float | None = None  # wall clock of the first message consumed (for benchmarks)
+    caught_up: bool = False  # --until-caught-up under a supervisor: every assigned partition at zero lag
     recovered_partitions: int = 0
     skipped_present: int = 0
 
@@ -121,6 +122,7 @@ class Worker:
         on_status: Callable[[WorkerStatus], None] | None = None,
         stop_event: threading.Event | None = None,
         status_interval_s: float = 0.5,
+        coordinated: bool = False,
     ) -> None:
         from pipelines.ingest.fastdecode import FastDecoder
         from pipelines.reference import load_reference
@@ -131,6 +133,10 @@ class Worker:
         self.store = store
         self.worker_id = worker_id
         self.until_caught_up = until_caught_up
+        # Under a supervisor a caught-up worker reports it and keeps its partitions until told to
+        # stop: a worker that left on its own would hand partitions to peers that may be leaving
+        # too, and partitions in flight between owners would be caught up by nobody.
+        self.coordinated = coordinated
         self.on_status = on_status
         self.stop_event = stop_event or threading.Event()
         self.status_interval_s = status_interval_s
@@ -186,19 +192,20 @@ class Worker:
                 msgs = consumer.consume(num_messages=want, timeout=0.1)
                 if msgs:
                     idle_since = None
+                    self.status.caught_up = False
                     self._process(msgs)
                 elif idle_since is None:
                     idle_since = time.monotonic()
                 if self._batch_due():
                     self._flush()
                 self._tick()
-                if (
-                    self.until_caught_up
-                    and idle_since is not None
-                    and time.monotonic() - idle_since >= IDLE_GRACE_S
-                    and self._caught_up(time.monotonic() - idle_since)
-                ):
-                    break
+                if self.until_caught_up and idle_since is not None and time.monotonic() - idle_since >= IDLE_GRACE_S:
+                    caught_up = self._caught_up(time.monotonic() - idle_since)
+                    if not self.coordinated and caught_up:
+                        break
+                    if caught_up != self.status.caught_up:
+                        self.status.caught_up = caught_up
+                        self._tick(force=True)
         finally:
             self._set_state("stopping")
             try:
@@ -259,10 +266,12 @@ class Worker:
         consumer.incremental_assign(partitions)
         self.assigned.update(mine)
         self.ever_assigned = True
+        self.status.caught_up = False
         self.status.assigned = sorted(self.assigned)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
+        self.status.caught_up = False
         if not self.batch.empty():
             if self.status.state == "waiting" or self.closing:
                 # ClickHouse is down: hand the rows back, the next owner re-reads them from the state.
@@ -526,9 +535,10 @@ class Worker:
         self._tick(force=True)
 
     def _caught_up(self, idle_s: float) -> bool:
-        if not self.ever_assigned:
-            # More workers than partitions: one that never gets a partition has nothing to catch up on.
-            return idle_s > 15.0
+        if not self.assigned:
+            # Coordinated: nothing to catch up on (the supervisor checks every partition has an owner).
+            # Alone: more workers than partitions, or never assigned: give the group time to form.
+            return self.coordinated or (self.ever_assigned and idle_s > 15.0) or idle_s > 30.0
         self._flush()
         lag = self._lag()
         # Every assigned partition must have a known lag of zero; unknown (no fetch yet) is not zero.
@@ -597,6 +607,7 @@ def run_worker(
     index: int = 0,
     on_status: Callable[[WorkerStatus], None] | None = None,
     stop_event: threading.Event | None = None,
+    coordinated: bool = False,
 ) -> WorkerStatus:
     """Run one worker in this process until stopped (or caught up)."""
     from pipelines.clickhouse import open_store
@@ -610,6 +621,7 @@ def run_worker(
             until_caught_up=until_caught_up,
             on_status=on_status,
             stop_event=stop_event,
+            coordinated=coordinated,
         )
         try:
             return worker.run()
