@@ -37,7 +37,6 @@ NULLABLE_FIELDS = {
     "longitude": pa.float64(),
 }
 RULE_VIOLATION = "rule_violation"
-ALERT_THRESHOLD = 0.8
 # The Avro contract's columns as ``transform`` consumes them, in the contract's field order.
 CONTRACT_SCHEMA: pa.Schema = pa.schema(
     [
