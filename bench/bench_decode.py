@@ -33,9 +33,9 @@ import fastavro
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines import avro_codec  # noqa: E402
-from pipelines.avro_codec import HEADER_SIZE, Decoder, encode, encode_batch, parse_raw  # noqa: E402
-from pipelines.registry import FileRegistry  # noqa: E402
+from pipelines.contracts import codec as avro_codec  # noqa: E402
+from pipelines.contracts.codec import HEADER_SIZE, Decoder, encode, encode_batch, parse_raw  # noqa: E402
+from pipelines.contracts.registry import FileRegistry  # noqa: E402
 
 SUBJECT = "transactions-value"
 

@@ -41,17 +41,17 @@ import fastavro  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from pipelines.avro_codec import Decoder, _zigzag, raw_logical_schema  # noqa: E402
 from pipelines.config import load_settings  # noqa: E402
-from pipelines.generate import MALFORMED_KINDS, open_message_stream  # noqa: E402
-from pipelines.ingest.fastdecode import FastDecoder  # noqa: E402
+from pipelines.contracts.codec import Decoder, _zigzag, raw_logical_schema  # noqa: E402
+from pipelines.contracts.columnar import FastDecoder  # noqa: E402
+from pipelines.contracts.reference import load_reference  # noqa: E402
+from pipelines.contracts.registry import open_registry  # noqa: E402
 from pipelines.ingest.transform import (  # noqa: E402
     Enricher,
     transform,
     transform_table,
 )
-from pipelines.reference import load_reference  # noqa: E402
-from pipelines.registry import open_registry  # noqa: E402
+from pipelines.synth.generate import MALFORMED_KINDS, open_message_stream  # noqa: E402
 
 Stages = dict[str, float]
 

@@ -50,8 +50,8 @@ def phase_consume(settings, events: int, decode: bool) -> dict:  # type: ignore[
     consumer = kafka.consumer(settings, group_id=settings.pipeline.group_id, **FETCH_TUNING)
     decoder = None
     if decode:
-        from pipelines.ingest.fastdecode import FastDecoder
-        from pipelines.registry import open_registry
+        from pipelines.contracts.columnar import FastDecoder
+        from pipelines.contracts.registry import open_registry
 
         decoder = FastDecoder(open_registry(settings))
     consumer.subscribe([settings.pipeline.topic])
@@ -138,8 +138,8 @@ def main() -> None:
 
     from pipelines import kafka
     from pipelines.clickhouse import open_store
-    from pipelines.generate import generate
-    from pipelines.provision import provision
+    from pipelines.ops.provision import provision
+    from pipelines.synth.generate import generate
 
     stamp = time.strftime("%Y%m%d%H%M%S")
     topic = f"bench.ingest.{stamp}"

@@ -37,11 +37,10 @@ import pyarrow.csv as pacsv
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines import ddl  # noqa: E402
-from pipelines.clickhouse import open_store  # noqa: E402
+from pipelines.clickhouse import ddl, open_store  # noqa: E402
 from pipelines.config import load_settings  # noqa: E402
-from pipelines.legacy import ensure_schema  # noqa: E402
-from pipelines.specs import load_tables  # noqa: E402
+from pipelines.contracts.specs import load_tables  # noqa: E402
+from pipelines.dualrun.legacy import ensure_schema  # noqa: E402
 
 SCHEMA = "bench_parity"
 DATABASE = "bench_parity"

@@ -25,7 +25,7 @@ def show_cmd(
 
     from rich.table import Table
 
-    from pipelines.dlq import summarize
+    from pipelines.ops.dlq import summarize
 
     summary = summarize(settings=_common.settings(), samples=samples, reason=reason)
     if json_out:
@@ -59,7 +59,7 @@ def export_cmd(
 
     Example: nova dlq export --reason rule_violation --out rejects.jsonl
     """
-    from pipelines.dlq import export
+    from pipelines.ops.dlq import export
 
     n = export(settings=_common.settings(), out=out, reason=reason)
     _common.err.print(f"exported {n:,} dead letter(s) to {out}")
@@ -76,7 +76,7 @@ def republish_cmd(
 
     Example: nova dlq republish -f fix.jsonl   (after `nova dlq export -o fix.jsonl` and editing it)
     """
-    from pipelines.dlq import republish
+    from pipelines.ops.dlq import republish
 
     settings = _common.settings()
     _common.confirm_or_abort(f"re-publish dead letters to '{settings.pipeline.topic}'?", yes=yes)

@@ -120,7 +120,7 @@ def generate_cmd(
 
     Example: nova generate --count 100000 --rate 20000 --malformed truncated=10 --malformed rule_violation=5
     """
-    from pipelines.generate import generate
+    from pipelines.synth.generate import generate
 
     if (count is None) == (duration is None):
         raise UsageError("give exactly one of --count or --duration", hint="e.g. nova generate --count 10000")

@@ -57,7 +57,7 @@ def seed_cmd(
 
     Example: nova legacy seed --days 7 --rows 1000000 --seed 42 --truncate
     """
-    from pipelines.legacy import seed_legacy
+    from pipelines.dualrun.legacy import seed_legacy
 
     end = None
     if until is not None:

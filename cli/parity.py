@@ -45,7 +45,7 @@ def parity_check_cmd(
 
     Example: nova parity-check --since 2024-03-01 --until 2024-03-04 --by day,merchant --report parity.html
     """
-    from pipelines.parity import (
+    from pipelines.dualrun.parity import (
         format_json,
         format_rows,
         format_summary,
@@ -70,7 +70,7 @@ def parity_check_cmd(
         max_rows=max_rows,
     )
     if report is not None:
-        from pipelines.parity_report import render_report
+        from pipelines.dualrun.report import render_report
 
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(render_report(result), encoding="utf-8")

@@ -42,7 +42,7 @@ def provision_cmd(
     Example: nova provision --dry-run && nova provision --yes
     """
     from pipelines.clickhouse import open_store
-    from pipelines.provision import apply_plan, check_plan, plan_provision
+    from pipelines.ops.provision import apply_plan, check_plan, plan_provision
 
     settings = _common.settings()
     with open_store(settings) as store:

@@ -38,7 +38,7 @@ def query_cmd(
     Example: nova query "SELECT merchant_id, count() FROM transactions GROUP BY 1 ORDER BY 2 DESC LIMIT 5"
     """
     from pipelines.clickhouse import open_store
-    from pipelines.query import format_csv, format_json, run_query
+    from pipelines.ops.query import format_csv, format_json, run_query
 
     settings = _common.settings()
     with open_store(settings) as store:

@@ -80,7 +80,7 @@ def replay_cmd(
 
     Example: nova replay --source legacy --since 2024-05-01 --until 2024-05-08 --rate 20000
     """
-    from pipelines.replay import parse_time, replay
+    from pipelines.dualrun.replay import parse_time, replay
 
     settings = _common.settings()
     with _Progress() as on_progress:

@@ -17,7 +17,7 @@ def status_cmd(json_out: bool = typer.Option(False, "--json", help="Print as JSO
     """
     from rich.table import Table
 
-    from pipelines.status import pipeline_status
+    from pipelines.ops.status import pipeline_status
 
     st = pipeline_status(settings=_common.settings())
     if json_out:

@@ -14,8 +14,8 @@ from typing import Any
 import fastavro
 import pytest
 
-from pipelines import avro_codec
-from pipelines.avro_codec import (
+from pipelines.contracts import codec as avro_codec
+from pipelines.contracts.codec import (
     DECODE_REASONS,
     DecodeError,
     Decoder,
@@ -26,8 +26,8 @@ from pipelines.avro_codec import (
     parse_raw,
     wire_header,
 )
+from pipelines.contracts.registry import FileRegistry, HttpRegistry
 from pipelines.errors import NovaError, RegistryError
-from pipelines.registry import FileRegistry, HttpRegistry
 
 PROJECT = Path(__file__).resolve().parent.parent
 SUBJECT = "transactions-value"

@@ -22,14 +22,15 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipelines.avro_codec import Decoder, Encoder, parse_raw, wire_header
 from pipelines.config import load_settings
+from pipelines.contracts.arrow import CONTRACT_SCHEMA
+from pipelines.contracts.codec import Decoder, Encoder, parse_raw, wire_header
+from pipelines.contracts.columnar import FastDecoder
+from pipelines.contracts.reference import load_reference
+from pipelines.contracts.registry import FileRegistry, HttpRegistry
 from pipelines.errors import RegistryError
-from pipelines.generate import FIELDS, MALFORMED_KINDS, iter_transactions, open_message_stream
-from pipelines.ingest.fastdecode import FastDecoder
-from pipelines.ingest.transform import CONTRACT_SCHEMA, Enricher, transform, transform_table
-from pipelines.reference import load_reference
-from pipelines.registry import FileRegistry, HttpRegistry
+from pipelines.ingest.transform import Enricher, transform, transform_table
+from pipelines.synth.generate import FIELDS, MALFORMED_KINDS, iter_transactions, open_message_stream
 from tests.conftest import REPO
 
 SUBJECT = "transactions-value"

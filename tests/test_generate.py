@@ -11,10 +11,19 @@ import fastavro
 import numpy as np
 import pytest
 
-from pipelines.avro_codec import DecodeError, Decoder, Encoder
 from pipelines.config import Settings, load_settings
+from pipelines.contracts.codec import DecodeError, Decoder, Encoder
+from pipelines.contracts.reference import (
+    ReferenceData,
+    build_merchant_rows,
+    load_fx_rates,
+    load_merchants,
+    load_reference,
+    write_reference_files,
+)
+from pipelines.contracts.registry import open_registry
 from pipelines.errors import ConfigError, UsageError
-from pipelines.generate import (
+from pipelines.synth.generate import (
     CHANNELS,
     MALFORMED_KINDS,
     STATUSES,
@@ -25,15 +34,6 @@ from pipelines.generate import (
     iter_transactions,
     open_message_stream,
 )
-from pipelines.reference import (
-    ReferenceData,
-    build_merchant_rows,
-    load_fx_rates,
-    load_merchants,
-    load_reference,
-    write_reference_files,
-)
-from pipelines.registry import open_registry
 from tests.conftest import REPO, run_nova, unique
 
 SCHEMA_FILE = REPO / "configs" / "schemas" / "transaction-v1.avsc"
@@ -64,7 +64,7 @@ def test_committed_reference_files_are_reproducible(tmp_path: Path) -> None:
     write_reference_files(tmp_path)
     for name in ("merchants.csv", "fx_rates.csv"):
         assert (tmp_path / name).read_bytes() == (REPO / "configs" / "reference" / name).read_bytes(), (
-            f"configs/reference/{name} differs from what `python -m pipelines.reference` writes"
+            f"configs/reference/{name} differs from what `python -m pipelines.contracts.reference` writes"
         )
 
 
@@ -439,7 +439,7 @@ def test_generate_into_kafka_exactly(project: Path) -> None:
 @pytest.mark.integration
 def test_generate_paces_to_the_rate_and_reports_delivery(project: Path) -> None:
     from pipelines import kafka
-    from pipelines.generate import generate
+    from pipelines.synth.generate import generate
 
     settings, _ = _project_settings(project)
     topic = unique("nova_test_generate_rate")
@@ -464,7 +464,7 @@ def test_generate_paces_to_the_rate_and_reports_delivery(project: Path) -> None:
 def test_delivery_failures_raise(project: Path) -> None:
     from pipelines import kafka
     from pipelines.errors import KafkaError
-    from pipelines.generate import generate
+    from pipelines.synth.generate import generate
 
     settings, _ = _project_settings(project)
     topic = unique("nova_test_generate_small")

@@ -41,7 +41,7 @@ STATUSES = {"AUTH": "AUTHORIZED", "CAPT": "CAPTURED", "DECL": "DECLINED", "RFND"
 
 
 def _mapping() -> Any:
-    from pipelines.legacy import load_mapping
+    from pipelines.dualrun.legacy import load_mapping
 
     return load_mapping(path=REPO / "configs" / "legacy" / "mapping.yaml")
 
@@ -63,7 +63,7 @@ def _utc_ms(*args: int) -> int:
 
 
 def test_mapping_covers_the_contract_and_agrees_with_the_fx_file() -> None:
-    from pipelines.reference import load_fx_rates
+    from pipelines.contracts.reference import load_fx_rates
 
     mapping = _mapping()
     mapping.check_contract(json.loads((REPO / "configs" / "schemas" / "transaction-v1.avsc").read_text()))
@@ -118,7 +118,7 @@ def test_map_row_follows_postgres_in_dst_gaps_and_overlaps() -> None:
     ],
 )
 def test_map_row_rejects_with_a_reason(over: dict[str, Any], reason: str) -> None:
-    from pipelines.legacy import Reject
+    from pipelines.dualrun.legacy import Reject
 
     result = _mapping().compile()(_row(**over))
     assert isinstance(result, Reject)
@@ -127,8 +127,8 @@ def test_map_row_rejects_with_a_reason(over: dict[str, Any], reason: str) -> Non
 
 
 def test_a_bad_mapping_names_file_and_key(tmp_path: Path) -> None:
+    from pipelines.dualrun.legacy import load_mapping
     from pipelines.errors import ConfigError
-    from pipelines.legacy import load_mapping
 
     text = (REPO / "configs" / "legacy" / "mapping.yaml").read_text()
     bad = tmp_path / "mapping.yaml"
@@ -145,8 +145,8 @@ def test_a_bad_mapping_names_file_and_key(tmp_path: Path) -> None:
 
 def test_parse_time_and_source(tmp_path: Path) -> None:
     from pipelines.config import load_settings
+    from pipelines.dualrun.replay import parse_source, parse_time
     from pipelines.errors import UsageError
-    from pipelines.replay import parse_source, parse_time
 
     assert parse_time("2024-10-26", option="--since") == datetime(2024, 10, 26, tzinfo=UTC)
     assert parse_time("2024-10-26T12:00:00+02:00", option="--since") == datetime(2024, 10, 26, 10, tzinfo=UTC)
@@ -170,8 +170,8 @@ def test_file_rows_come_out_in_total_order_whatever_the_file_order(tmp_path: Pat
     import uuid
     from contextlib import ExitStack
 
-    from pipelines.legacy import ZoneCache
-    from pipelines.replay import _FileRows, parse_source
+    from pipelines.dualrun.legacy import ZoneCache
+    from pipelines.dualrun.replay import _FileRows, parse_source
 
     rng = random.Random(5)
     zones = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "Mars/Nowhere"]
@@ -276,7 +276,7 @@ def seeded(legacy: Legacy) -> Legacy:
 
 
 def _registered(settings: Any) -> tuple[int, dict[str, Any]]:
-    from pipelines.registry import open_registry
+    from pipelines.contracts.registry import open_registry
 
     schema_id, _version, schema = open_registry(settings).latest(settings.pipeline.subject)
     return schema_id, json.loads(schema.raw)

@@ -172,7 +172,7 @@ def legacy_schema() -> Iterator[str]:
     """A schema of this test's own with an empty card_txn; dropped afterwards."""
     schema = unique("parity")
     from pipelines.config import load_settings
-    from pipelines.legacy import ensure_schema
+    from pipelines.dualrun.legacy import ensure_schema
 
     settings = load_settings(REPO / "configs" / "nova.yaml", environ={"NOVA_LEGACY__SCHEMA": schema})
     ensure_schema(settings=settings)  # the warehouse's own DDL (configs/legacy/schema.sql)
@@ -226,8 +226,8 @@ class ClickHouseSide:
         return open_store(settings, url=self.url, database=self.database)
 
     def create(self) -> None:
-        from pipelines import ddl
-        from pipelines.specs import load_tables
+        from pipelines.clickhouse import ddl
+        from pipelines.contracts.specs import load_tables
 
         spec = next(
             t
@@ -333,8 +333,8 @@ def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
 
 
 def test_parse_helpers() -> None:
+    from pipelines.dualrun.parity import parse_by, parse_instant
     from pipelines.errors import UsageError
-    from pipelines.parity import parse_by, parse_instant
 
     assert parse_by("Day, merchant") == ("day", "merchant")
     assert parse_instant("2024-03-04", option="--since") == SINCE
@@ -347,8 +347,8 @@ def test_parse_helpers() -> None:
 
 
 def test_report_is_self_contained_without_services() -> None:
-    from pipelines.parity import DailyDelta, ParityResult, RowDiff, SegmentDiff, SideAggregate
-    from pipelines.parity_report import render_report
+    from pipelines.dualrun.parity import DailyDelta, ParityResult, RowDiff, SegmentDiff, SideAggregate
+    from pipelines.dualrun.report import render_report
 
     result = ParityResult(
         since=SINCE,
@@ -385,7 +385,7 @@ def test_report_is_self_contained_without_services() -> None:
 @pytest.mark.integration
 def test_canonical_strings_and_hashes_are_identical_on_both_sides(sides: Sides) -> None:
     """Every row's canonical string and 60-bit hash, computed by each database, agree."""
-    from pipelines import parity
+    from pipelines.dualrun import parity
 
     edge = [
         replace(ROWS[3], merchant="  M0001  ", amount_minor=5),  # padding, 0.05 EUR
@@ -416,7 +416,7 @@ def test_canonical_strings_and_hashes_are_identical_on_both_sides(sides: Sides) 
     ]
     assert legacy[edge[2].txn_ref][0].split("|")[3] == "9999999999"
     # count(DISTINCT …) (used when txn_ref is not a key) agrees with the key-based count
-    from pipelines import parity as p
+    from pipelines.dualrun import parity as p
 
     src = p.legacy_source_sql(sides.schema, CURRENCIES, since=SINCE, until=UNTIL)
     with _pg_connect() as conn:
@@ -432,7 +432,7 @@ def test_canonical_strings_and_hashes_are_identical_on_both_sides(sides: Sides) 
 
 
 def _canonical_queries(sides: Sides) -> tuple[str, str]:
-    from pipelines import parity
+    from pipelines.dualrun import parity
 
     pg, chd = parity._PgDialect(), parity._ChDialect()
     legacy_src = parity.legacy_source_sql(sides.schema, CURRENCIES, since=SINCE, until=UNTIL)
@@ -724,7 +724,7 @@ def test_missing_tables_name_the_fix(legacy_schema: str, tmp_path: Path) -> None
 def test_api_bisects_large_segments(sides: Sides) -> None:
     """With one segment per day (--by day) each holds ~6.7k rows: found by bisection, not a scan."""
     from pipelines.config import load_settings
-    from pipelines.parity import run_parity_check
+    from pipelines.dualrun.parity import run_parity_check
 
     legacy, ch, expected = _tamper("merchant")
     sides.fill(legacy, ch)

@@ -12,8 +12,7 @@ import pytest
 import yaml
 
 from pipelines.config import SchemaRegistrySettings, Settings
-from pipelines.errors import ConfigError, NovaError, RegistryError, SchemaCompatibilityError
-from pipelines.registry import (
+from pipelines.contracts.registry import (
     FileRegistry,
     HttpRegistry,
     SchemaNotFoundError,
@@ -21,6 +20,7 @@ from pipelines.registry import (
     split_registry_url,
     translate_registry_error,
 )
+from pipelines.errors import ConfigError, NovaError, RegistryError, SchemaCompatibilityError
 
 PROJECT = Path(__file__).resolve().parent.parent
 SCHEMAS = PROJECT / "configs" / "schemas"

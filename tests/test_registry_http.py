@@ -29,10 +29,10 @@ from pathlib import Path
 import pytest
 
 from pipelines import kafka
-from pipelines.avro_codec import Decoder, Encoder
 from pipelines.config import load_settings
+from pipelines.contracts.codec import Decoder, Encoder
+from pipelines.contracts.registry import HttpRegistry, SchemaNotFoundError
 from pipelines.errors import SchemaCompatibilityError
-from pipelines.registry import HttpRegistry, SchemaNotFoundError
 from tests.conftest import run_nova, unique
 from tests.test_avro_codec import transaction
 

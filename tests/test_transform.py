@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from pipelines.config import load_settings
-from pipelines.generate import iter_transactions
+from pipelines.contracts.reference import load_reference
 from pipelines.ingest.transform import RULE_VIOLATION, Enricher, transform
-from pipelines.reference import load_reference
+from pipelines.synth.generate import iter_transactions
 from tests.conftest import REPO
 
 

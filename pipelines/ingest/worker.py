@@ -124,9 +124,9 @@ class Worker:
         status_interval_s: float = 0.5,
         coordinated: bool = False,
     ) -> None:
-        from pipelines.ingest.fastdecode import FastDecoder
-        from pipelines.reference import load_reference
-        from pipelines.registry import open_registry
+        from pipelines.contracts.columnar import FastDecoder
+        from pipelines.contracts.reference import load_reference
+        from pipelines.contracts.registry import open_registry
 
         self.settings = settings
         self.p = settings.pipeline

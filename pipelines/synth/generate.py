@@ -35,7 +35,7 @@ from pipelines.errors import ConfigError, KafkaError, RegistryError, UsageError
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
-    from pipelines.reference import FxRate, Merchant, ReferenceData
+    from pipelines.contracts.reference import FxRate, Merchant, ReferenceData
 
 FIELDS = (
     "transaction_id", "event_time", "card_id", "account_id", "merchant_id", "merchant_category", "amount_minor",
@@ -508,7 +508,7 @@ class ColumnarEncoder:
     _PRIMITIVES = ("string", "long", "int", "double", "float", "boolean")
 
     def __init__(self, schema_id: int, schema_json: Mapping[str, Any]) -> None:
-        from pipelines.avro_codec import raw_logical_schema, wire_header
+        from pipelines.contracts.codec import raw_logical_schema, wire_header
 
         self.header = np.frombuffer(wire_header(schema_id), dtype=np.uint8)
         raw = raw_logical_schema(dict(schema_json))
@@ -520,7 +520,7 @@ class ColumnarEncoder:
 
     @classmethod
     def supports(cls, schema_json: Mapping[str, Any]) -> bool:
-        from pipelines.avro_codec import raw_logical_schema
+        from pipelines.contracts.codec import raw_logical_schema
 
         return cls._plan(raw_logical_schema(dict(schema_json))) is not None
 
@@ -687,7 +687,7 @@ class _Encoder:
     """The fastest encoder for the schema: columnar when it can, the codec's batch encoder otherwise."""
 
     def __init__(self, schema_id: int, schema: Any) -> None:
-        from pipelines.avro_codec import Encoder
+        from pipelines.contracts.codec import Encoder
 
         schema = getattr(schema, "raw", schema)  # a registry's RegisteredSchema: its text
         schema_json = json.loads(schema) if isinstance(schema, str) else schema
@@ -830,7 +830,7 @@ def _check_malformed(malformed: Mapping[str, int] | None) -> dict[str, int]:
 
 def _unknown_schema_id(registry: Any) -> int:
     """An id the registry has no schema for (999999 unless, improbably, it has one)."""
-    from pipelines.registry import SchemaNotFoundError
+    from pipelines.contracts.registry import SchemaNotFoundError
 
     for candidate in (999_999, 999_998, 2**31 - 1, 123_456_789):
         try:
@@ -1018,8 +1018,8 @@ def open_message_stream(
     With neither `count` nor `duration_s` the stream is endless (the load test's producers use
     that: `keys, values = stream.next_batch()`).
     """
-    from pipelines.reference import load_reference
-    from pipelines.registry import open_registry
+    from pipelines.contracts.reference import load_reference
+    from pipelines.contracts.registry import open_registry
 
     wanted = _check_malformed(malformed)
     start_ms, spread_s = _event_window(settings=settings, start_ms=start_ms, spread_days=spread_days)

@@ -8,7 +8,7 @@ and are loaded into plain dicts the generator and the ingest worker's enrichment
     ref.fx_rates["JPY"]       # FxRate(rate=0.0061, exponent=0)
 
 `merchants.csv` lists merchants in popularity order: the generator gives row 1 the
-highest Zipf weight. The files are made by `python -m pipelines.reference` from a fixed
+highest Zipf weight. The files are made by `python -m pipelines.contracts.reference` from a fixed
 seed, so regenerating them gives byte-identical files (a test checks that).
 """
 
@@ -129,7 +129,10 @@ def _rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
     except FileNotFoundError:
         raise ConfigError(
             f"reference file {path} does not exist",
-            hint="check pipeline.merchants / pipeline.fx_rates, or regenerate with `python -m pipelines.reference`",
+            hint=(
+                "check pipeline.merchants / pipeline.fx_rates, "
+                "or regenerate with `python -m pipelines.contracts.reference`"
+            ),
         ) from None
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"cannot read reference file {path}: {exc}") from None
@@ -156,7 +159,7 @@ def load_merchants(path: Path) -> dict[str, Merchant]:
             raise ConfigError(f"{where}: currency {currency!r} is not an ISO 4217 code (e.g. EUR)")
         merchants[merchant_id] = Merchant(name, category, segment, country, currency)
     if not merchants:
-        raise ConfigError(f"{path}: no merchants", hint="regenerate it with `python -m pipelines.reference`")
+        raise ConfigError(f"{path}: no merchants", hint="regenerate it with `python -m pipelines.contracts.reference`")
     return merchants
 
 

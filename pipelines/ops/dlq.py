@@ -125,8 +125,8 @@ def summarize(*, settings: Settings, samples: int = 5, reason: str | None = None
 
 def export(*, settings: Settings, out: Path, reason: str | None = None) -> int:
     """Write dead letters as JSON lines; decodable ones carry `record` to edit and re-publish."""
-    from pipelines.avro_codec import DecodeError, Decoder
-    from pipelines.registry import open_registry
+    from pipelines.contracts.codec import DecodeError, Decoder
+    from pipelines.contracts.registry import open_registry
 
     decoder = Decoder(open_registry(settings))
     n = 0
@@ -150,8 +150,8 @@ def republish(
     *, settings: Settings, file: Path | None = None, reason: str | None = None, original: bool = False
 ) -> int:
     """Produce fixed events (from an edited export) or the original bytes back to the source topic."""
-    from pipelines.avro_codec import encode
-    from pipelines.registry import open_registry
+    from pipelines.contracts.codec import encode
+    from pipelines.contracts.registry import open_registry
 
     if (file is None) == (not original):
         raise UsageError("pass either --file FIXED.jsonl (edited records) or --original (re-send as they were)")

@@ -247,7 +247,7 @@ def currency_exponents(settings: Settings) -> dict[str, int]:
     path = settings.resolve(settings.pipeline.fx_rates)
     if not path.exists():
         return dict(FALLBACK_EXPONENTS)
-    from pipelines.reference import load_fx_rates
+    from pipelines.contracts.reference import load_fx_rates
 
     return {ccy: fx.exponent for ccy, fx in load_fx_rates(path).items()}
 

@@ -44,11 +44,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numpy.lib.stride_tricks import sliding_window_view
 
-from pipelines.avro_codec import HEADER_SIZE, MAGIC_BYTE, DecodeError, Decoder, raw_logical_schema
-from pipelines.ingest.transform import CONTRACT_SCHEMA, STRING_FIELDS, records_table
+from pipelines.contracts.arrow import CONTRACT_SCHEMA, STRING_FIELDS, records_table
+from pipelines.contracts.codec import HEADER_SIZE, MAGIC_BYTE, DecodeError, Decoder, raw_logical_schema
 
 if TYPE_CHECKING:
-    from pipelines.registry import SchemaRegistry
+    from pipelines.contracts.registry import SchemaRegistry
 
 # What each contract column accepts from a writer: value kinds (see _Reader) and whether a
 # [null, T] union is fine. A required column written as a union would give the dict path a

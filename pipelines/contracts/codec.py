@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import fastavro
 
 if TYPE_CHECKING:
-    from pipelines.registry import SchemaRegistry
+    from pipelines.contracts.registry import SchemaRegistry
 
 MAGIC_BYTE: Final = 0
 HEADER_SIZE: Final = 5
@@ -365,7 +365,7 @@ class Decoder:
             if time.monotonic() < until:
                 raise DecodeError("unknown_schema_id", detail, schema_id=schema_id)
             del self._unknown[schema_id]
-        from pipelines.registry import SchemaNotFoundError
+        from pipelines.contracts.registry import SchemaNotFoundError
 
         try:
             registered = self.registry.get_schema(schema_id)

@@ -798,8 +798,8 @@ def seed_legacy(
     from psycopg import sql
     from psycopg.copy import QueuedLibpqWriter
 
-    from pipelines.generate import TransactionGenerator
-    from pipelines.reference import load_reference
+    from pipelines.contracts.reference import load_reference
+    from pipelines.synth.generate import TransactionGenerator
 
     if days < 1:
         raise UsageError(f"--days must be at least 1, got {days}")

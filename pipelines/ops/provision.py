@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipelines import ddl, kafka
+from pipelines import kafka
+from pipelines.clickhouse import ddl
+from pipelines.contracts.specs import TableSpec, load_tables, load_topics
 from pipelines.errors import ProvisionRefused
-from pipelines.specs import TableSpec, load_tables, load_topics
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
@@ -177,7 +178,7 @@ def _plan_schemas(settings: Settings) -> list[PlanItem]:
     With the default file registry that is the same directory, so the plan says unchanged; with
     an http(s) registry the pinned contracts are registered there (compatibility checked first).
     """
-    from pipelines.registry import FileRegistry, open_registry
+    from pipelines.contracts.registry import FileRegistry, open_registry
 
     pinned = FileRegistry(settings.configs_dir / "schemas", compatibility=settings.schema_registry.compatibility)
     registry = open_registry(settings)

@@ -9,7 +9,7 @@ from html import escape
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from pipelines.parity import DailyDelta, ParityResult
+    from pipelines.dualrun.parity import DailyDelta, ParityResult
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;max-width:1200px;
@@ -131,7 +131,7 @@ def _cell(value: Any) -> str:
 
 def render_report(result: ParityResult, *, row_limit: int = 5000) -> str:
     """The whole page as text."""
-    from pipelines.parity import format_json
+    from pipelines.dualrun.parity import format_json
 
     data = format_json(result)
     lt, ct = result.legacy_total, result.clickhouse_total

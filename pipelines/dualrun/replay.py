@@ -42,8 +42,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pipelines.errors import KafkaError, UsageError, WarehouseError
-from pipelines.legacy import (
+from pipelines.dualrun.legacy import (
     UNPLACEABLE_US,
     LegacyMapping,
     MappedRow,
@@ -53,6 +52,7 @@ from pipelines.legacy import (
     load_mapping,
     redact_dsn,
 )
+from pipelines.errors import KafkaError, UsageError, WarehouseError
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -187,7 +187,7 @@ class _PostgresRows:
     def _connect(self) -> Any:
         from psycopg.types.string import TextLoader
 
-        from pipelines.legacy import connect
+        from pipelines.dualrun.legacy import connect
 
         conn = connect(settings=self.settings, dsn=self.source.dsn)
         # inet as its text (10.1.2.3/24): the mapping wants text, and ipaddress objects are slow to build
@@ -285,7 +285,7 @@ def _from_us(us: int) -> datetime:
 
 
 def _warehouse_error(source: ReplaySource, exc: BaseException) -> WarehouseError:
-    from pipelines.legacy import pg_error_text
+    from pipelines.dualrun.legacy import pg_error_text
 
     reason = pg_error_text(exc)
     hint = None
@@ -725,8 +725,8 @@ def replay(
     from confluent_kafka import KafkaException
 
     from pipelines import kafka
-    from pipelines.avro_codec import Encoder
-    from pipelines.registry import open_registry
+    from pipelines.contracts.codec import Encoder
+    from pipelines.contracts.registry import open_registry
 
     if until <= since:
         raise UsageError(f"--until ({until.isoformat()}) must be after --since ({since.isoformat()})")
@@ -909,7 +909,7 @@ def _encode_batch(
     reject: Callable[[Key, dict[str, Any], Reject], None],
 ) -> list[tuple[dict[str, Any], bytes]]:  # fmt: skip
     """(record, value) pairs; a record the schema refuses is rejected (encode_error), the rest kept."""
-    from pipelines.avro_codec import EncodeError
+    from pipelines.contracts.codec import EncodeError
 
     try:
         return list(zip(records, encoder.encode_batch(records), strict=True))

@@ -338,7 +338,7 @@ _HEADER_COMMENT: Final = """\
 # nova's file schema registry (schema_registry.url: file://<this directory>), pinned in git.
 # Each subject lists its versions in order: the global schema id producers put in the Confluent
 # wire header, and the .avsc file (in this directory) holding the schema. Ids are never reused or
-# renumbered. New versions are appended by pipelines.registry (nova provision) after a
+# renumbered. New versions are appended by pipelines.contracts.registry (nova provision) after a
 # compatibility check; edit by hand only to fix what that wrote.
 """
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Capabilities
-    from pipelines.specs import TableSpec, ViewSpec
+    from pipelines.contracts.specs import TableSpec, ViewSpec
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 

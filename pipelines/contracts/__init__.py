@@ -1,0 +1,1 @@
+"""The data contract: Avro codec, columnar reader and writer, schema registry, table/topic specs, reference data."""

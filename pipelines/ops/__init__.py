@@ -1,0 +1,1 @@
+"""Operating the pipeline: provision, the dead-letter topic, status and ad-hoc queries."""

@@ -1,0 +1,1 @@
+"""Synthetic card transactions: the generator model and malformed kinds."""
