@@ -33,19 +33,6 @@ def parse_malformed(items: list[str]) -> dict[str, int]:
     return mix
 
 
-def parse_start(text: str) -> int:
-    """An ISO date or date-time (UTC unless it carries an offset) → epoch milliseconds."""
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise UsageError(
-            f"--start {text!r} is not an ISO date or date-time (e.g. 2024-05-01 or 2024-05-01T08:00)"
-        ) from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
-
-
 def _iso(ms: int | None) -> str:
     if ms is None:
         return "-"
@@ -120,13 +107,14 @@ def generate_cmd(
 
     Example: nova generate --count 100000 --rate 20000 --malformed truncated=10 --malformed rule_violation=5
     """
+    from pipelines.instants import epoch_ms, parse_instant
     from pipelines.synth.generate import generate
 
     if (count is None) == (duration is None):
         raise UsageError("give exactly one of --count or --duration", hint="e.g. nova generate --count 10000")
     if start is not None and spread_days is None:
         raise UsageError("--start needs --spread-days", hint="e.g. --start 2024-05-01 --spread-days 7")
-    start_ms = parse_start(start) if start is not None else None
+    start_ms = epoch_ms(parse_instant(start, option="--start")) if start is not None else None
     mix = parse_malformed(malformed)
     settings = _common.settings()
     total = None if count is None else count + sum(mix.values())

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 import typer
 
 from cli import _common
-from pipelines.errors import UsageError
 
 app = typer.Typer(
     name="legacy",
@@ -58,13 +56,9 @@ def seed_cmd(
     Example: nova legacy seed --days 7 --rows 1000000 --seed 42 --truncate
     """
     from pipelines.dualrun.legacy import seed_legacy
+    from pipelines.instants import parse_day
 
-    end = None
-    if until is not None:
-        try:
-            end = date.fromisoformat(until)
-        except ValueError:
-            raise UsageError(f"--until {until!r} is not a date (YYYY-MM-DD)") from None
+    end = None if until is None else parse_day(until, option="--until")
     settings = _common.settings()
     with _Progress(rows) as on_progress:
         result = seed_legacy(

@@ -51,13 +51,13 @@ def parity_check_cmd(
         format_summary,
         format_timings,
         parse_by,
-        parse_instant,
         raise_if_mismatch,
         run_parity_check,
     )
+    from pipelines.instants import parse_instant
 
-    start = parse_instant(since, option="--since")
-    end = parse_instant(until, option="--until")
+    start = parse_instant(since, option="--since", whole_seconds=True)
+    end = parse_instant(until, option="--until", whole_seconds=True)
     dims = parse_by(by)
     settings = _common.settings()
     result = run_parity_check(

@@ -80,13 +80,14 @@ def replay_cmd(
 
     Example: nova replay --source legacy --since 2024-05-01 --until 2024-05-08 --rate 20000
     """
-    from pipelines.dualrun.replay import parse_time, replay
+    from pipelines.dualrun.replay import replay
+    from pipelines.instants import parse_instant
 
     settings = _common.settings()
     with _Progress() as on_progress:
         report = replay(
-            settings=settings, source=source, since=parse_time(since, option="--since"),
-            until=parse_time(until, option="--until"), topic=topic, rate=rate, resume=resume, restart=restart,
+            settings=settings, source=source, since=parse_instant(since, option="--since"),
+            until=parse_instant(until, option="--until"), topic=topic, rate=rate, resume=resume, restart=restart,
             reject_file=reject_file, checkpoint_topic=checkpoint_topic, batch_rows=batch,
             on_progress=on_progress, on_notice=lambda m: _common.err.print(f"[yellow]{m}[/]"),
         )  # fmt: skip

@@ -145,8 +145,9 @@ def test_a_bad_mapping_names_file_and_key(tmp_path: Path) -> None:
 
 def test_parse_time_and_source(tmp_path: Path) -> None:
     from pipelines.config import load_settings
-    from pipelines.dualrun.replay import parse_source, parse_time
+    from pipelines.dualrun.replay import parse_source
     from pipelines.errors import UsageError
+    from pipelines.instants import parse_instant as parse_time
 
     assert parse_time("2024-10-26", option="--since") == datetime(2024, 10, 26, tzinfo=UTC)
     assert parse_time("2024-10-26T12:00:00+02:00", option="--since") == datetime(2024, 10, 26, 10, tzinfo=UTC)

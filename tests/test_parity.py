@@ -333,8 +333,9 @@ def test_bad_arguments_are_usage_errors(args: list[str], message: str) -> None:
 
 
 def test_parse_helpers() -> None:
-    from pipelines.dualrun.parity import parse_by, parse_instant
+    from pipelines.dualrun.parity import parse_by
     from pipelines.errors import UsageError
+    from pipelines.instants import parse_instant
 
     assert parse_by("Day, merchant") == ("day", "merchant")
     assert parse_instant("2024-03-04", option="--since") == SINCE
@@ -343,7 +344,7 @@ def test_parse_helpers() -> None:
     with pytest.raises(UsageError):
         parse_by("day,day")
     with pytest.raises(UsageError):
-        parse_instant("2024-03-04T06:00:00.5", option="--since")
+        parse_instant("2024-03-04T06:00:00.5", option="--since", whole_seconds=True)
 
 
 def test_report_is_self_contained_without_services() -> None:

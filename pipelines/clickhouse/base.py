@@ -6,25 +6,17 @@ import re
 import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from pipelines.clickhouse.capabilities import Capabilities
 from pipelines.clickhouse.sql import qualify, quote_identifier, split_table, substitute
 from pipelines.errors import StoreError
+from pipelines.urls import redact_url
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
 _DDL = re.compile(r"^\s*(CREATE|ALTER|DROP|RENAME|TRUNCATE|DETACH|ATTACH|EXCHANGE)\b", re.IGNORECASE)
 _DROP_DATABASE = re.compile(r"^\s*DROP\s+DATABASE\s+(IF\s+EXISTS\s+)?`?([^`\s;]+)`?", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """`url` with its password replaced by `***`, for messages."""
-    parts = urlsplit(url)
-    if parts.password:
-        return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@", 1)).geturl()
-    return url
 
 
 class Store:

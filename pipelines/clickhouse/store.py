@@ -6,8 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pipelines.clickhouse.base import Store, redact_url
+from pipelines.clickhouse.base import Store
 from pipelines.errors import StoreError
+from pipelines.urls import redact_url
 
 if TYPE_CHECKING:
     from pipelines.config import Settings

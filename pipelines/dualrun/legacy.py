@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.errors import ConfigError, UsageError, WarehouseError
+from pipelines.urls import redact_url
 
 if TYPE_CHECKING:
     import psycopg
@@ -476,23 +477,9 @@ def connect(*, settings: Settings, dsn: str | None = None, autocommit: bool = Fa
         return psycopg.connect(target, autocommit=autocommit, connect_timeout=10, application_name="nova")
     except psycopg.Error as exc:
         raise WarehouseError(
-            f"cannot connect to the legacy warehouse {redact_dsn(target)}: {pg_error_text(exc)}",
+            f"cannot connect to the legacy warehouse {redact_url(target)}: {pg_error_text(exc)}",
             hint="is PostgreSQL up? `nova stack status` (start it with `nova stack up`), or set legacy.dsn",
         ) from None
-
-
-def redact_dsn(dsn: str) -> str:
-    """The DSN without its password, for messages and job ids."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    try:
-        parts = urlsplit(dsn)
-    except ValueError:
-        return dsn
-    if parts.password is None:
-        return dsn
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def pg_error_text(exc: BaseException) -> str:

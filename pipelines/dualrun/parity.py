@@ -50,6 +50,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import NovaError, ParityMismatch, StoreError, UsageError, WarehouseError
+from pipelines.urls import redact_url
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -204,26 +205,6 @@ class ParityResult:
 
 
 # ── inputs ───────────────────────────────────────────────────────────────────────────────────
-
-
-def parse_instant(text: str, *, option: str) -> datetime:
-    """`2024-03-01` (midnight UTC) or an ISO date-time (naive = UTC), whole seconds. Raises UsageError."""
-    raw = text.strip()
-    try:
-        if len(raw) == 10:
-            d = date.fromisoformat(raw)
-            moment = datetime(d.year, d.month, d.day, tzinfo=UTC)
-        else:
-            moment = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-            moment = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-    except ValueError:
-        raise UsageError(
-            f"{option} {text!r} is not a date",
-            hint="use YYYY-MM-DD (a UTC day) or an ISO date-time like 2024-03-01T06:00",
-        ) from None
-    if moment.microsecond:
-        raise UsageError(f"{option} {text!r} has a fraction of a second", hint="use whole seconds")
-    return moment
 
 
 def parse_by(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -559,10 +540,6 @@ def rows_sql(d: _Dialect, source: str) -> str:
 # ── the two sides ────────────────────────────────────────────────────────────────────────────
 
 
-def _redact(dsn: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", dsn)
-
-
 class _Legacy:
     dialect = _PgDialect()
 
@@ -579,7 +556,7 @@ class _Legacy:
         except psycopg.Error as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise WarehouseError(
-                f"cannot connect to the legacy warehouse at {_redact(self.dsn)}: {detail}",
+                f"cannot connect to the legacy warehouse at {redact_url(self.dsn)}: {detail}",
                 hint="start it with `nova stack up`, or fix legacy.dsn in configs/nova.yaml (NOVA_LEGACY__DSN)",
             ) from None
         # The planner cannot estimate the zone-converted range filter (it guesses a few thousand
@@ -590,7 +567,7 @@ class _Legacy:
         if exists is None:
             self.close()
             raise WarehouseError(
-                f"legacy table {self.source} does not exist in {_redact(self.dsn)}",
+                f"legacy table {self.source} does not exist in {redact_url(self.dsn)}",
                 hint="load the legacy warehouse, or fix legacy.schema in configs/nova.yaml",
             )
         # txn_ref is the primary key: distinct ids = rows, and skipping count(DISTINCT) lets

@@ -38,10 +38,11 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from pipelines import kafka
 from pipelines.dualrun.legacy import (
     UNPLACEABLE_US,
     LegacyMapping,
@@ -50,9 +51,9 @@ from pipelines.dualrun.legacy import (
     ZoneCache,
     json_safe,
     load_mapping,
-    redact_dsn,
 )
 from pipelines.errors import KafkaError, UsageError, WarehouseError
+from pipelines.urls import redact_url
 
 if TYPE_CHECKING:
     from pipelines.config import Settings
@@ -83,7 +84,7 @@ class ReplaySource:
 
     def describe(self) -> str:
         if self.kind == "postgres":
-            return f"{redact_dsn(self.dsn)}#{self.schema}.{self.table}"
+            return f"{redact_url(self.dsn)}#{self.schema}.{self.table}"
         return self.identity
 
 
@@ -104,7 +105,7 @@ def parse_source(text: str, *, settings: Settings, mapping: LegacyMapping) -> Re
             schema, table = parts
         else:
             raise UsageError(f"source fragment '#{fragment}' is not '#schema.table' or '#table'")
-    identity = f"{redact_dsn(dsn).split('?')[0]}#{schema}.{table}"
+    identity = f"{redact_url(dsn).split('?')[0]}#{schema}.{table}"
     return ReplaySource("postgres", identity, dsn=dsn, schema=schema, table=table)
 
 
@@ -526,7 +527,6 @@ def job_id(*, source: ReplaySource, since: datetime, until: datetime, topic: str
 
 
 def ensure_checkpoint_topic(*, settings: Settings, name: str) -> None:
-    from pipelines import kafka
 
     if name in kafka.describe_topics(settings, [name]):
         return
@@ -540,7 +540,6 @@ def ensure_checkpoint_topic(*, settings: Settings, name: str) -> None:
 
 
 def _replication(settings: Settings) -> int:
-    from pipelines import kafka
 
     try:
         brokers = len(kafka.admin_client(settings).list_topics(timeout=10).brokers)
@@ -555,10 +554,6 @@ def read_checkpoint(*, settings: Settings, topic: str, job: str, timeout_s: floa
     Reads every partition up to its high watermark (taken read_uncommitted, so an open transaction of
     another job delays the read instead of hiding our latest checkpoint behind the stable offset).
     """
-    from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
-    from confluent_kafka import KafkaError as _VendorError
-
-    from pipelines import kafka
 
     group = f"nova-replay-reader-{uuid.uuid4().hex[:8]}"
     probe = kafka.consumer(settings, group_id=group, **{"isolation.level": "read_uncommitted"})
@@ -572,12 +567,12 @@ def read_checkpoint(*, settings: Settings, topic: str, job: str, timeout_s: floa
             return None
         ends: dict[int, int] = {}
         for p in meta.partitions:
-            low, high = probe.get_watermark_offsets(TopicPartition(topic, p), timeout=10, cached=False)
+            low, high = probe.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=10, cached=False)
             if high > low:
                 ends[p] = high
         if not ends:
             return None
-        reader.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
+        reader.assign([kafka.TopicPartition(topic, p, kafka.OFFSET_BEGINNING) for p in ends])
         pending = set(ends)
         deadline = time.monotonic() + timeout_s
         key = job.encode()
@@ -589,14 +584,14 @@ def read_checkpoint(*, settings: Settings, topic: str, job: str, timeout_s: floa
                 )
             msg = reader.poll(0.2)
             if msg is None:
-                positions = reader.position([TopicPartition(topic, p) for p in pending])
+                positions = reader.position([kafka.TopicPartition(topic, p) for p in pending])
                 for tp in positions:
                     if tp.offset >= ends[tp.partition]:
                         pending.discard(tp.partition)
                 continue
             error, partition, offset = msg.error(), msg.partition() or 0, msg.offset() or 0
             if error is not None:
-                if error.code() == _VendorError._PARTITION_EOF:
+                if error.code() == kafka.VendorError._PARTITION_EOF:
                     if offset >= ends.get(partition, 0):
                         pending.discard(partition)
                     continue
@@ -606,7 +601,7 @@ def read_checkpoint(*, settings: Settings, topic: str, job: str, timeout_s: floa
                 latest = None if value is None else Checkpoint.from_json(value)
             if offset + 1 >= ends.get(partition, 0):
                 pending.discard(partition)
-    except KafkaException as exc:
+    except kafka.KafkaException as exc:
         raise KafkaError(f"cannot read checkpoint topic '{topic}': {exc.args[0]}") from None
     finally:
         probe.close()
@@ -655,18 +650,6 @@ class ReplayReport:
             "complete": self.complete, "reject_file": self.reject_file,
             "job_totals": {"read": self.job_read, "produced": self.job_produced, "rejected": self.job_rejected},
         }  # fmt: skip
-
-
-def parse_time(text: str, *, option: str) -> datetime:
-    """A date (midnight UTC) or an ISO datetime (UTC unless it has an offset) → aware UTC datetime."""
-    try:
-        if len(text) == 10:
-            d = date.fromisoformat(text)
-            return datetime(d.year, d.month, d.day, tzinfo=UTC)
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{option} {text!r} is not a date (2024-05-01) or ISO time (2024-05-01T12:00:00Z)") from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 class _Rejects:
@@ -722,9 +705,7 @@ def replay(
     on_notice: Callable[[str], None] | None = None,
 ) -> ReplayReport:
     """Replay legacy rows of [since, until) into `topic` (default: the pipeline's), exactly once per job."""
-    from confluent_kafka import KafkaException
 
-    from pipelines import kafka
     from pipelines.contracts.codec import Encoder
     from pipelines.contracts.registry import open_registry
 
@@ -763,7 +744,7 @@ def replay(
     })  # fmt: skip
     try:
         producer.init_transactions(30)
-    except KafkaException as exc:
+    except kafka.KafkaException as exc:
         raise KafkaError(f"cannot start the transactional producer of replay job {job}: {exc.args[0]}",
                          hint="is Kafka up? `nova stack status`") from None  # fmt: skip
     previous = read_checkpoint(settings=settings, topic=checkpoint_topic, job=job)
@@ -928,24 +909,22 @@ _DUPLICATE = Reject("duplicate", "the same txn_ref at the same time again (overl
 
 
 def _begin(producer: Any) -> None:
-    from confluent_kafka import KafkaException
 
     try:
         producer.begin_transaction()
-    except KafkaException as exc:
+    except kafka.KafkaException as exc:
         raise _txn_error(exc, "begin a transaction") from None
 
 
 def _commit(producer: Any, errors: list[str], job: str) -> None:
     """Commit the batch; a failure aborts it (nothing of it becomes visible) and stops the replay."""
-    from confluent_kafka import KafkaException
 
     try:
         producer.commit_transaction(60)
-    except KafkaException as exc:
+    except kafka.KafkaException as exc:
         err = exc.args[0]
         if err.txn_requires_abort():
-            with contextlib.suppress(KafkaException):
+            with contextlib.suppress(kafka.KafkaException):
                 producer.abort_transaction(30)
             detail = f" ({errors[0]})" if errors else ""
             raise KafkaError(

@@ -23,10 +23,9 @@ from pipelines.ingest.state import COMMITTED, PENDING, Range, StateStore
 from pipelines.ingest.transform import Enricher, transform_table
 
 if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Message, Producer, TopicPartition
-
     from pipelines.clickhouse import Store
     from pipelines.config import Settings
+    from pipelines.kafka import Consumer, Message, Producer, TopicPartition
 
 POLL_CHUNK = 10_000
 LATENCY_WINDOW = 200_000  # latency samples kept for percentiles
@@ -242,7 +241,7 @@ class Worker:
     # --- rebalance callbacks -------------------------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        from confluent_kafka import OFFSET_STORED
+        from pipelines.kafka import OFFSET_STORED
 
         mine = [tp.partition for tp in partitions]
         states = self._retry("reading ingest state", lambda: self.state.read(mine))
@@ -294,7 +293,7 @@ class Worker:
     # --- per chunk -----------------------------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
-        from confluent_kafka import KafkaError as CKafkaError
+        from pipelines.kafka import VendorError as CKafkaError
 
         good: list[Message] = []
         for m in msgs:
@@ -465,7 +464,7 @@ class Worker:
         return table.filter(pa.array(keep))
 
     def _commit_offsets(self, b: _Batch) -> None:
-        from confluent_kafka import TopicPartition
+        from pipelines.kafka import TopicPartition
 
         assert self._consumer is not None
         offsets = [TopicPartition(self.p.topic, p, r.end + 1) for p, r in b.ranges.items() if p in self.assigned]
@@ -546,7 +545,7 @@ class Worker:
 
     def _lag(self) -> dict[int, int]:
         """Messages behind the high watermark per assigned partition; -1 where not known yet."""
-        from confluent_kafka import TopicPartition
+        from pipelines.kafka import TopicPartition
 
         assert self._consumer is not None
         lag: dict[int, int] = {}

@@ -1,167 +1,54 @@
-"""Kafka clients built from the config, with vendor errors translated to `KafkaError`."""
+"""Kafka: the only package that imports `confluent_kafka`.
+
+Clients built from the config (`clients`), topic administration (`admin`); the vendor's
+value types that callers pass around (`TopicPartition`, offsets, `Message`) are re-exported
+here so stage code never imports the vendor package itself.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    OFFSET_STORED,
+    Consumer,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka import KafkaError as VendorError
 
-from pipelines.errors import KafkaError
+from pipelines.kafka.admin import (
+    TopicState,
+    add_partitions,
+    alter_topic_config,
+    create_topic,
+    delete_topics,
+    describe_topics,
+)
+from pipelines.kafka.clients import admin_client, broker_problem, check_reachable, consumer, producer, reason
 
-if TYPE_CHECKING:
-    from confluent_kafka import Consumer, Producer
-    from confluent_kafka.admin import AdminClient
-
-    from pipelines.config import Settings
-
-
-def _conf(settings: Settings, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    conf = settings.kafka.client_config()
-    conf.update(extra or {})
-    return conf
-
-
-def admin_client(settings: Settings) -> AdminClient:
-    from confluent_kafka.admin import AdminClient
-
-    return AdminClient(_conf(settings))
-
-
-def producer(settings: Settings, **extra: Any) -> Producer:
-    """An idempotent producer (no duplicates from librdkafka's own retries)."""
-    from confluent_kafka import Producer
-
-    conf = {
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 20,
-        "batch.num.messages": 10000,
-        "compression.type": "lz4",
-        "queue.buffering.max.messages": 500000,
-        "queue.buffering.max.kbytes": 512 * 1024,
-    }
-    conf.update(extra)
-    return Producer(_conf(settings, conf))
-
-
-def consumer(settings: Settings, *, group_id: str, **extra: Any) -> Consumer:
-    from confluent_kafka import Consumer
-
-    conf = {
-        "group.id": group_id,
-        "enable.auto.commit": False,
-        "auto.offset.reset": "earliest",
-        "enable.partition.eof": False,
-    }
-    conf.update(extra)
-    return Consumer(_conf(settings, conf))
-
-
-def check_reachable(settings: Settings, *, timeout: float = 5.0) -> None:
-    """Raise KafkaError naming the bootstrap servers if no broker answers within `timeout`."""
-    try:
-        admin_client(settings).list_topics(timeout=timeout)
-    except Exception as exc:
-        raise KafkaError(
-            f"Kafka at {settings.kafka.bootstrap_servers} did not answer within {timeout:g}s ({_reason(exc)})",
-            hint="start the local stack with `nova stack up`, or set kafka.bootstrap_servers",
-        ) from None
-
-
-def _reason(exc: BaseException) -> str:
-    arg = exc.args[0] if exc.args else exc
-    text = getattr(arg, "str", None)
-    return text() if callable(text) else str(arg)
-
-
-@dataclass
-class TopicState:
-    name: str
-    partitions: int
-    replication_factor: int
-    config: dict[str, str] = field(default_factory=dict)
-
-
-def describe_topics(settings: Settings, names: list[str], *, timeout: float = 10.0) -> dict[str, TopicState]:
-    """The current state of those of `names` that exist."""
-    from confluent_kafka.admin import ConfigResource
-
-    admin = admin_client(settings)
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except Exception as exc:
-        raise KafkaError(
-            f"cannot list topics on {settings.kafka.bootstrap_servers}: {_reason(exc)}",
-            hint="is Kafka up? `nova stack status`",
-        ) from None
-    found: dict[str, TopicState] = {}
-    for name in names:
-        meta = metadata.topics.get(name)
-        if meta is None or meta.error is not None:
-            continue
-        rf = max((len(p.replicas) for p in meta.partitions.values()), default=0)
-        found[name] = TopicState(name, len(meta.partitions), rf)
-    if found:
-        resources = [ConfigResource(ConfigResource.Type.TOPIC, n) for n in found]
-        try:
-            for resource, future in admin.describe_configs(resources, request_timeout=timeout).items():
-                entries = future.result()
-                found[resource.name].config = {k: e.value for k, e in entries.items() if e.value is not None}
-        except Exception as exc:
-            raise KafkaError(f"cannot describe topic configs: {_reason(exc)}") from None
-    return found
-
-
-def create_topic(
-    settings: Settings, name: str, *, partitions: int, replication_factor: int, config: dict[str, str]
-) -> None:
-    from confluent_kafka.admin import NewTopic
-
-    admin = admin_client(settings)
-    futures = admin.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=replication_factor, config=config)],
-        operation_timeout=30,
-    )
-    _wait(futures, f"create topic '{name}'")
-
-
-def add_partitions(settings: Settings, name: str, *, total: int) -> None:
-    from confluent_kafka.admin import NewPartitions
-
-    admin = admin_client(settings)  # keep a reference: the futures need the client alive
-    futures = admin.create_partitions([NewPartitions(name, total)], operation_timeout=30)
-    _wait(futures, f"grow topic '{name}' to {total} partitions")
-
-
-def alter_topic_config(settings: Settings, name: str, config: dict[str, str]) -> None:
-    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
-
-    entries = [ConfigEntry(k, str(v), incremental_operation=AlterConfigOpType.SET) for k, v in config.items()]
-    resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=entries)
-    admin = admin_client(settings)
-    futures = admin.incremental_alter_configs([resource])
-    _wait(futures, f"alter config of topic '{name}'")
-
-
-def delete_topics(settings: Settings, names: list[str], *, missing_ok: bool = False) -> None:
-    from confluent_kafka import KafkaError as CKafkaError
-
-    if not names:
-        return
-    admin = admin_client(settings)
-    futures = admin.delete_topics(names, operation_timeout=30)
-    for name, future in futures.items():
-        try:
-            future.result()
-        except Exception as exc:
-            err = exc.args[0] if exc.args else None
-            if missing_ok and getattr(err, "code", lambda: None)() == CKafkaError.UNKNOWN_TOPIC_OR_PART:
-                continue
-            raise KafkaError(f"cannot delete topic '{name}': {_reason(exc)}") from None
-
-
-def _wait(futures: dict[Any, Any], what: str) -> None:
-    for future in futures.values():
-        try:
-            future.result()
-        except Exception as exc:
-            raise KafkaError(f"cannot {what}: {_reason(exc)}") from None
+__all__ = [
+    "OFFSET_BEGINNING",
+    "OFFSET_END",
+    "OFFSET_STORED",
+    "Consumer",
+    "KafkaException",
+    "Message",
+    "Producer",
+    "TopicPartition",
+    "TopicState",
+    "VendorError",
+    "add_partitions",
+    "admin_client",
+    "alter_topic_config",
+    "broker_problem",
+    "check_reachable",
+    "consumer",
+    "create_topic",
+    "delete_topics",
+    "describe_topics",
+    "producer",
+    "reason",
+]

@@ -58,7 +58,6 @@ class DlqSummary:
 
 def read_dead_letters(settings: Settings, *, topic: str | None = None) -> Iterator[DeadLetter]:
     """Every message in the dead-letter topic, oldest first, re-sends skipped."""
-    from confluent_kafka import TopicPartition
 
     topic = topic or settings.pipeline.dlq_topic
     consumer = kafka.consumer(settings, group_id="nova-dlq-reader", **{"enable.auto.commit": False})
@@ -69,10 +68,10 @@ def read_dead_letters(settings: Settings, *, topic: str | None = None) -> Iterat
         ends: dict[int, int] = {}
         tps = []
         for p in meta.partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = consumer.get_watermark_offsets(kafka.TopicPartition(topic, p), timeout=10)
             if high > low:
                 ends[p] = high
-                tps.append(TopicPartition(topic, p, low))
+                tps.append(kafka.TopicPartition(topic, p, low))
         consumer.assign(tps)
         seen: set[tuple[str, int, int]] = set()
         while ends:

@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 
 
 def consumer_lag(settings: Settings) -> list[dict[str, int]]:
-    from confluent_kafka import TopicPartition
 
     p = settings.pipeline
     consumer = kafka.consumer(settings, group_id=p.group_id)
@@ -22,7 +21,7 @@ def consumer_lag(settings: Settings) -> list[dict[str, int]]:
         topic = meta.topics.get(p.topic)
         if topic is None or topic.error is not None:
             raise KafkaError(f"topic '{p.topic}' does not exist", hint="run `nova provision --yes`")
-        tps = [TopicPartition(p.topic, i) for i in sorted(topic.partitions)]
+        tps = [kafka.TopicPartition(p.topic, i) for i in sorted(topic.partitions)]
         committed = consumer.committed(tps, timeout=10)
         rows = []
         for tp in committed:

@@ -34,6 +34,7 @@ from pipelines.stack._proc import Progress
 from pipelines.stack.clickhouse_server import ClickHouseServer
 from pipelines.stack.kafka import Kafka, jar_cache_dir
 from pipelines.stack.postgres import Postgres
+from pipelines.urls import redact_url
 
 __all__ = [
     "OPTIONAL_SERVICES",
@@ -242,20 +243,11 @@ def _clickhouse_row(settings: Settings) -> ServiceStatus:
         name="clickhouse",
         state="external",
         pid=None,
-        address=_mask_password(url),
+        address=redact_url(url),
         data_dir=None,
         detail="configured clickhouse.url (not managed by nova stack)",
         expected=False,
     )
-
-
-def _mask_password(url: str) -> str:
-    scheme, sep, rest = url.partition("://")
-    creds, at, host = rest.rpartition("@")
-    if not at or ":" not in creds:
-        return url
-    user = creds.split(":", 1)[0]
-    return f"{scheme}{sep}{user}:***@{host}"
 
 
 def service_log(*, settings: Settings, service: str) -> Path:

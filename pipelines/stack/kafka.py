@@ -13,7 +13,6 @@ of `stack/kafka/pom.xml` once per version into `$XDG_CACHE_HOME/nova/kafka-<vers
 from __future__ import annotations
 
 import base64
-import logging
 import os
 import re
 import shutil
@@ -21,7 +20,6 @@ import subprocess
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
 from xml.sax.saxutils import quoteattr
 
 from pipelines.errors import StackError
@@ -255,21 +253,9 @@ class Kafka(Service):
         port = self.stack.kafka_port
         if not _proc.port_accepts(port):
             return f"nothing accepts connections on 127.0.0.1:{port}"
-        from confluent_kafka.admin import AdminClient
+        from pipelines.kafka import broker_problem
 
-        # librdkafka logs every refused connection; a broker still starting is not news.
-        quiet = logging.getLogger("nova.stack.kafka.librdkafka")
-        quiet.addHandler(logging.NullHandler())
-        quiet.propagate = False
-        conf: dict[str, Any] = {"bootstrap.servers": f"127.0.0.1:{port}", "logger": quiet}
-        admin = AdminClient(conf)
-        try:
-            metadata = admin.list_topics(timeout=timeout_s)
-        except Exception as exc:  # confluent_kafka.KafkaException, translated here
-            return f"the admin client could not list topics on 127.0.0.1:{port}: {exc}"
-        if not metadata.brokers:
-            return "the broker has not registered with the controller yet"
-        return None
+        return broker_problem(f"127.0.0.1:{port}", timeout_s=timeout_s)
 
 
 def _new_cluster_id() -> str:

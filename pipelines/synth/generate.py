@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
+from pipelines import kafka
 from pipelines.errors import ConfigError, KafkaError, RegistryError, UsageError
 
 if TYPE_CHECKING:
@@ -1056,9 +1057,6 @@ def generate(
     last `spread_days` days); otherwise event times are now. `on_progress(produced, elapsed_s)`
     is called a few times a second. Raises `KafkaError` if any message is not delivered.
     """
-    from confluent_kafka import KafkaException
-
-    from pipelines import kafka
 
     if (count is None) == (duration_s is None):
         raise UsageError("give exactly one of count or duration_s")
@@ -1130,7 +1128,7 @@ def generate(
     except KeyboardInterrupt:
         producer.flush(10.0)
         raise
-    except KafkaException as exc:  # e.g. a fatal idempotence error: nothing more can be sent
+    except kafka.KafkaException as exc:  # e.g. a fatal idempotence error: nothing more can be sent
         reason = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
         raise KafkaError(f"producing to topic '{topic}' failed: {reason}") from None
     elapsed = time.perf_counter() - started
