@@ -37,11 +37,8 @@ CHANNELS = {"P": "POS", "E": "ECOM", "A": "ATM", "M": "MOTO", "C": "CONTACTLESS"
 STATUSES = {"AUTH": "AUTHORIZED", "CAPT": "CAPTURED", "DECL": "DECLINED", "RFND": "REFUNDED", "REVS": "REVERSED"}
 
 
-# ── unit tests: the mapping ────────────────────────────────────────────────────────────────────
-
-
 def _mapping() -> Any:
-    from pipelines.dualrun.legacy import load_mapping
+    from pipelines.dualrun.mapping import load_mapping
 
     return load_mapping(path=REPO / "configs" / "legacy" / "mapping.yaml")
 
@@ -118,7 +115,7 @@ def test_map_row_follows_postgres_in_dst_gaps_and_overlaps() -> None:
     ],
 )
 def test_map_row_rejects_with_a_reason(over: dict[str, Any], reason: str) -> None:
-    from pipelines.dualrun.legacy import Reject
+    from pipelines.dualrun.mapping import Reject
 
     result = _mapping().compile()(_row(**over))
     assert isinstance(result, Reject)
@@ -127,7 +124,7 @@ def test_map_row_rejects_with_a_reason(over: dict[str, Any], reason: str) -> Non
 
 
 def test_a_bad_mapping_names_file_and_key(tmp_path: Path) -> None:
-    from pipelines.dualrun.legacy import load_mapping
+    from pipelines.dualrun.mapping import load_mapping
     from pipelines.errors import ConfigError
 
     text = (REPO / "configs" / "legacy" / "mapping.yaml").read_text()
@@ -141,6 +138,58 @@ def test_a_bad_mapping_names_file_and_key(tmp_path: Path) -> None:
         load_mapping(path=bad).check_contract(json.loads((REPO / "configs/schemas/transaction-v1.avsc").read_text()))
     assert "enums.channel.values.P" in str(exc.value)
     assert ConfigError.exit_code == 2
+
+
+def test_country_zones_come_from_the_mapping_and_bad_ones_name_the_key(tmp_path: Path) -> None:
+    from pipelines.contracts.reference import load_merchants
+    from pipelines.dualrun.mapping import load_mapping
+    from pipelines.dualrun.seed import merchant_zone
+    from pipelines.errors import ConfigError
+
+    mapping = _mapping()
+    merchants = load_merchants(REPO / "configs" / "reference" / "merchants.csv")
+    assert {m.country for m in merchants.values()} <= set(mapping.country_zones)
+    assert merchant_zone("M000002", "DE", mapping=mapping) == "Europe/Berlin"
+    us = {merchant_zone(f"M{i:06d}", "US", mapping=mapping) for i in range(200)}
+    assert us == set(mapping.country_zones["US"])  # spread over the country's zones, stably
+    assert merchant_zone("M000007", "US", mapping=mapping) == merchant_zone("M000007", "US", mapping=mapping)
+    with pytest.raises(ConfigError) as exc:
+        merchant_zone("M000009", "BR", mapping=mapping)
+    assert "'country_zones'" in str(exc.value) and "BR" in str(exc.value)
+
+    text = (REPO / "configs" / "legacy" / "mapping.yaml").read_text()
+    bad = tmp_path / "mapping.yaml"
+    bad.write_text(text.replace("JP: [Asia/Tokyo]", "JP: [Asia/Tokio]"))
+    with pytest.raises(ConfigError) as exc:
+        load_mapping(path=bad)
+    assert str(bad) in str(exc.value) and "country_zones.JP" in str(exc.value) and "Asia/Tokio" in str(exc.value)
+
+
+def test_checkpoints_written_before_the_split_still_read_and_keep_their_shape() -> None:
+    from pipelines.dualrun.mapping import UNPLACEABLE_US
+    from pipelines.dualrun.replay import Checkpoint, Position
+
+    # as the hand-written serialiser before pydantic wrote it (key order included)
+    old = (
+        b'{"job":"0f1e2d3c4b5a69788796","source":"postgresql://nova@127.0.0.1:15432/legacy#legacy.card_txn",'
+        b'"since":"2024-10-26T00:00:00+00:00","until":"2024-10-28T00:00:00+00:00","topic":"transactions",'
+        b'"position":{"utc_us":1729987200000000,"utc":"2024-10-27T00:00:00+00:00",'
+        b'"txn_ref":"0b5f3d1e-3f7c-4c1e-9a55-1d2f3e4a5b6c"},"read":2500,"produced":2498,'
+        b'"rejected":{"unknown_currency":2},"reject_file":"/tmp/r.jsonl","reject_offset":812,"complete":false,'
+        b'"runs":1,"updated_at":"2024-10-28T10:00:00+00:00"}'
+    )
+    cp = Checkpoint.model_validate_json(old)
+    assert cp.after == (1729987200000000, "0b5f3d1e-3f7c-4c1e-9a55-1d2f3e4a5b6c")
+    assert (cp.read, cp.produced, cp.rejected, cp.reject_offset, cp.runs) == (2500, 2498, {"unknown_currency": 2},
+                                                                             812, 1)  # fmt: skip
+    again = json.loads(cp.to_json())
+    before = json.loads(old)
+    assert list(again) == list(before) and list(again["position"]) == list(before["position"])
+    assert {k: v for k, v in again.items() if k != "updated_at"} == {
+        k: v for k, v in before.items() if k != "updated_at"}  # fmt: skip
+    assert Checkpoint.model_validate_json(b'{"job": "j"}').after is None  # a minimal one: defaults
+    assert Position.of((UNPLACEABLE_US, "x")).utc is None
+    assert Position.of((1729987200000000, "x")).utc == "2024-10-27T00:00:00+00:00"
 
 
 def test_parse_time_and_source(tmp_path: Path) -> None:
@@ -171,8 +220,8 @@ def test_file_rows_come_out_in_total_order_whatever_the_file_order(tmp_path: Pat
     import uuid
     from contextlib import ExitStack
 
-    from pipelines.dualrun.legacy import ZoneCache
-    from pipelines.dualrun.replay import _FileRows, parse_source
+    from pipelines.dualrun.mapping import ZoneCache
+    from pipelines.dualrun.replay import FileRows, parse_source
 
     rng = random.Random(5)
     zones = ["Europe/Berlin", "America/New_York", "Asia/Tokyo", "Mars/Nowhere"]
@@ -192,7 +241,7 @@ def test_file_rows_come_out_in_total_order_whatever_the_file_order(tmp_path: Pat
     src = parse_source(str(tmp_path / "part-*.csv"), settings=None, mapping=mapping)  # type: ignore[arg-type]
     since, until = datetime(2024, 10, 26, 12, tzinfo=UTC), datetime(2024, 10, 28, tzinfo=UTC)
     with ExitStack() as stack:
-        files = _FileRows(src, mapping, chunk_rows=7)
+        files = FileRows(src, mapping, chunk_rows=7)
         kept = files.prepare(since, until, None, stack=stack)
         out = list(files.rows())
     keys = [k for k, _ in out]
@@ -207,9 +256,6 @@ def test_file_rows_come_out_in_total_order_whatever_the_file_order(tmp_path: Pat
         if lo <= utc_us < hi:
             expected.add(ref)
     assert {k[1] for k in keys[1:]} == expected
-
-
-# ── integration: the stack's PostgreSQL and Kafka ──────────────────────────────────────────────
 
 
 @dataclass
