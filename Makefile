@@ -6,7 +6,7 @@ NOVA    = $(BIN)/nova
 STAMP   = $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install stack demo test test-unit lint bench clean
+.PHONY: help install stack demo test test-all test-unit lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,16 +38,20 @@ demo: install ## Fresh machine → stack up, provision, generate 1M events while
 	$(NOVA) query "$(TOP_MERCHANTS)"
 	$(NOVA) status
 
-test: stack ## Run the whole test suite against the real services
-	$(BIN)/python -m pytest
+test: stack ## Run the test suite against the real services (chaos tests in their bounded form)
+	$(BIN)/python -m pytest -m "not long"
+
+test-all: stack ## Everything, including the long chaos runs (many stall/kill rounds)
+	NOVA_TEST_LONG=1 $(BIN)/python -m pytest
 
 test-unit: install ## Only the tests that need no service
 	$(BIN)/python -m pytest -m "not integration and not server"
 
-lint: install ## ruff (lint + format check) and mypy
+lint: install ## ruff (lint + format check), mypy (strict on pipelines/) and import-linter (the layer boundaries)
 	$(BIN)/ruff check cli pipelines tests
 	$(BIN)/ruff format --check cli pipelines tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: install ## Benchmarks; figures go to docs/BENCHMARKS.md
 	$(NOVA) stack up

@@ -15,6 +15,6 @@ Modules: `capabilities` (version → features, `render_type`), `sql` (parameters
 
 from pipelines.clickhouse.base import Store
 from pipelines.clickhouse.capabilities import FEATURES, Capabilities, render_type
-from pipelines.clickhouse.store import open_store
+from pipelines.clickhouse.store import open_store, server_problem
 
-__all__ = ["FEATURES", "Capabilities", "Store", "open_store", "render_type"]
+__all__ = ["FEATURES", "Capabilities", "Store", "open_store", "render_type", "server_problem"]

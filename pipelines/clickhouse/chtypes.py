@@ -233,10 +233,10 @@ def driver_column(column: pa.Array | pa.ChunkedArray, t: str) -> list[Any]:
     """
     parts = datetime_parts(t)
     if parts is not None and pa.types.is_timestamp(column.type):
-        return _ticks(column, parts[0]).to_pylist()
+        return list(_ticks(column, parts[0]).to_pylist())
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
-    return column.to_pylist()
+    return list(column.to_pylist())
 
 
 def _first_value(values: Sequence[Any]) -> Any:

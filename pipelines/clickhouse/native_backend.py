@@ -223,7 +223,7 @@ class NativeStore(Store):
                 raise StoreError(f"table {db}.{name} has no column {n!r}", hint=f"its columns: {', '.join(types)}")
         columns = [chtypes.driver_column(data.column(n), types[n]) for n in names]
         self._send(target, db, name, names, columns, settings)
-        return data.num_rows
+        return int(data.num_rows)
 
     def _insert_columns(
         self, target: str, db: str, name: str, columns: dict[str, Sequence[Any]], settings: dict[str, Any] | None

@@ -94,3 +94,18 @@ def _open_native(url: str, settings: Settings, database: str | None) -> Store:
         connect_timeout=connect_timeout,
         options=options,
     )
+
+
+def server_problem(host: str, port: int, *, timeout_s: float = 3.0) -> str | None:
+    """Why the clickhouse-server at host:port does not answer `SELECT version()`, or None when it does."""
+    from clickhouse_driver import Client
+    from clickhouse_driver.errors import Error as ClickHouseError
+
+    client = Client(host, port=port, connect_timeout=timeout_s, send_receive_timeout=timeout_s)
+    try:
+        client.execute("SELECT version()")
+    except (ClickHouseError, OSError, EOFError) as exc:
+        return f"SELECT version() failed on {host}:{port}: {exc}"
+    finally:
+        client.disconnect()
+    return None

@@ -28,7 +28,7 @@ Progress = Callable[[str], None]
 
 # Executables the stack runs; a process of one of these whose arguments point into the state
 # dir belongs to the stack (used by `down` to prove nothing is left behind).
-STACK_EXECUTABLES = frozenset({"java", "postgres", "pg_ctl", "initdb", "clickhouse-server", "clickhouse"})
+STACK_EXECUTABLES = frozenset({"java", "postgres", "pg_ctl", "initdb", "clickhouse-server", "clickhouse", "weed"})
 
 
 def _arg_points_at(arg: str, path: str) -> bool:
@@ -43,14 +43,14 @@ def _arg_under(arg: str, directory: str) -> bool:
 
 def _alive(proc: psutil.Process) -> bool:
     try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+        return bool(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE)
     except psutil.Error:
         return False
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:
     try:
-        return proc.cmdline()
+        return list(proc.cmdline())
     except psutil.Error:
         return []
 

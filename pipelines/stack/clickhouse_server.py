@@ -16,7 +16,8 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 from pipelines.stack import _proc
-from pipelines.stack._base import Progress, Service
+from pipelines.stack._base import Service
+from pipelines.stack._proc import Progress
 
 _BINARIES = ("clickhouse-server", "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server")
 
@@ -141,17 +142,9 @@ class ClickHouseServer(Service):
         port = self.stack.clickhouse_tcp_port
         if not _proc.port_accepts(port):
             return f"nothing accepts connections on 127.0.0.1:{port}"
-        from clickhouse_driver import Client
-        from clickhouse_driver.errors import Error as ClickHouseError
+        from pipelines.clickhouse import server_problem
 
-        client = Client("127.0.0.1", port=port, connect_timeout=timeout_s, send_receive_timeout=timeout_s)
-        try:
-            client.execute("SELECT version()")
-        except (ClickHouseError, OSError, EOFError) as exc:
-            return f"SELECT version() failed on 127.0.0.1:{port}: {exc}"
-        finally:
-            client.disconnect()
-        return None
+        return server_problem("127.0.0.1", port, timeout_s=timeout_s)
 
 
 _USERS_XML = """<?xml version="1.0"?>

@@ -24,7 +24,8 @@ from xml.sax.saxutils import quoteattr
 
 from pipelines.errors import StackError
 from pipelines.stack import _proc
-from pipelines.stack._base import Progress, Service
+from pipelines.stack._base import Service
+from pipelines.stack._proc import Progress
 
 POM = Path(__file__).resolve().parents[2] / "stack" / "kafka" / "pom.xml"
 NODE_ID = 1

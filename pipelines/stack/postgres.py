@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pipelines.errors import StackError
 from pipelines.stack import _proc
-from pipelines.stack._base import Progress, Service, check_reachable, chown, service_user
+from pipelines.stack._base import Service, check_reachable, chown, service_user
+from pipelines.stack._proc import Progress
 
 ROLE = "nova"
 DATABASE = "legacy"
