@@ -66,12 +66,30 @@ def test_seed_replay_ingest_parity(dual, tmp_path: Path) -> None:  # type: ignor
     assert report.exists() and "<svg" in report.read_text()
 
 
+
+def _topic_end(pe) -> int:  # type: ignore[no-untyped-def]
+    """Messages (and transaction markers) written to the test's topic so far."""
+    from pipelines import kafka
+    from pipelines.config import load_settings
+    from tests.conftest import REPO
+
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ=pe.env)
+    consumer = kafka.consumer(settings, group_id=f"{pe.topic}-probe")
+    try:
+        meta = consumer.list_topics(pe.topic, timeout=10).topics[pe.topic]
+        return sum(consumer.get_watermark_offsets(kafka.TopicPartition(pe.topic, p), timeout=10)[1] for p in meta.partitions)
+    finally:
+        consumer.close()
+
+
 def test_kill_9_during_replay_then_resume(dual, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pe, since, until = dual
     pe.nova("legacy", "seed", "--days", "3", "--rows", "30000", "--seed", "6", "--until", until)
     args = ("replay", "--source", "legacy", "--since", since, "--until", until, "--json")
     proc = pe.spawn(*args, "--rate", "6000", log=tmp_path / "replay.log")
-    time.sleep(3)
+    # kill once a good part is in the topic (start-up time varies with the machine's load)
+    wait_until(lambda: _topic_end(pe) >= 12000, timeout=60, interval=0.2, what="the replay to get going")
+    assert proc.poll() is None, "replay finished before it could be killed; slow it down"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     resumed = json.loads(pe.nova(*args, "--resume").stdout)

@@ -19,12 +19,15 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.conftest import REPO, run_nova, unique
+
+if TYPE_CHECKING:
+    from pipelines.dualrun.parity import Normalisation
 
 SINCE = datetime(2024, 3, 4, tzinfo=UTC)  # no DST change in any zone below from 3 to 8 March 2024
 UNTIL = SINCE + timedelta(days=3)
@@ -155,6 +158,13 @@ ROWS = make_rows()
 # ── the two sides ─────────────────────────────────────────────────────────────────────────────
 
 
+def _normalisation() -> Normalisation:
+    """The code maps and exponents this module's data uses (the repository's mapping agrees)."""
+    from pipelines.dualrun.parity import Normalisation
+
+    return Normalisation(exponents=CURRENCIES, channels=CHANNELS, statuses=STATUSES)
+
+
 def _pg_connect() -> Any:
     import psycopg
 
@@ -172,7 +182,7 @@ def legacy_schema() -> Iterator[str]:
     """A schema of this test's own with an empty card_txn; dropped afterwards."""
     schema = unique("parity")
     from pipelines.config import load_settings
-    from pipelines.dualrun.legacy import ensure_schema
+    from pipelines.dualrun.warehouse import ensure_schema
 
     settings = load_settings(REPO / "configs" / "nova.yaml", environ={"NOVA_LEGACY__SCHEMA": schema})
     ensure_schema(settings=settings)  # the warehouse's own DDL (configs/legacy/schema.sql)
@@ -241,7 +251,7 @@ class ClickHouseSide:
             store.execute(f"CREATE DATABASE IF NOT EXISTS `{self.database}`")
             store.execute(ddl.render_create_table(spec, self.database, store.caps))
 
-    def fill(self, rows: list[Txn]) -> None:
+    def fill(self, rows: list[Txn], channels: dict[str, str] = CHANNELS) -> None:
         """Replace the table's content with `rows`, at the precision the server keeps (ms, or s on 18.16)."""
         with self.open() as store:
             store.execute(f"TRUNCATE TABLE `{self.database}`.`{self.table}`")
@@ -257,7 +267,7 @@ class ClickHouseSide:
                     "amount_minor": [t.amount_minor for t in rows],
                     "currency": [t.ccy for t in rows],
                     "country": [t.country for t in rows],
-                    "channel": [CHANNELS[t.channel_cd] for t in rows],
+                    "channel": [channels[t.channel_cd] for t in rows],
                     "status": [STATUSES[t.status_cd] for t in rows],
                 },
             )
@@ -417,12 +427,13 @@ def test_canonical_strings_and_hashes_are_identical_on_both_sides(sides: Sides) 
     ]
     assert legacy[edge[2].txn_ref][0].split("|")[3] == "9999999999"
     # count(DISTINCT …) (used when txn_ref is not a key) agrees with the key-based count
-    from pipelines.dualrun import parity as p
+    from pipelines.dualrun.parity.dialects import PgDialect
+    from pipelines.dualrun.parity.queries import aggregate_sql, legacy_source_sql
 
-    src = p.legacy_source_sql(sides.schema, CURRENCIES, since=SINCE, until=UNTIL)
+    src = legacy_source_sql(sides.schema, _normalisation(), since=SINCE, until=UNTIL)
     with _pg_connect() as conn:
-        exact = conn.execute(p.aggregate_sql(p._PgDialect(), src, ("day",), distinct=True, checksum=True)).fetchall()
-        keyed = conn.execute(p.aggregate_sql(p._PgDialect(), src, ("day",), distinct=False, checksum=True)).fetchall()
+        exact = conn.execute(aggregate_sql(PgDialect(), src, ("day",), distinct=True, checksum=True)).fetchall()
+        keyed = conn.execute(aggregate_sql(PgDialect(), src, ("day",), distinct=False, checksum=True)).fetchall()
     assert sorted(exact) == sorted(keyed) and sum(r[1] for r in exact) == len(rows)
     # the hash is the first 15 hex digits of MD5, as Python computes it too
     import hashlib
@@ -433,15 +444,14 @@ def test_canonical_strings_and_hashes_are_identical_on_both_sides(sides: Sides) 
 
 
 def _canonical_queries(sides: Sides) -> tuple[str, str]:
-    from pipelines.dualrun import parity
+    from pipelines.dualrun.parity.dialects import ChDialect, PgDialect
+    from pipelines.dualrun.parity.queries import clickhouse_source_sql, legacy_source_sql
 
-    pg, chd = parity._PgDialect(), parity._ChDialect()
-    legacy_src = parity.legacy_source_sql(sides.schema, CURRENCIES, since=SINCE, until=UNTIL)
+    pg, chd = PgDialect(), ChDialect()
+    legacy_src = legacy_source_sql(sides.schema, _normalisation(), since=SINCE, until=UNTIL)
     with sides.ch.open() as store:
         trim = bool(int(store.query_rows("SELECT count() FROM system.functions WHERE name = 'trimBoth'")[0][0]))
-    ch_src = parity.clickhouse_source_sql(
-        sides.ch.database, sides.ch.table, since=SINCE, until=UNTIL, has_trim_both=trim
-    )
+    ch_src = clickhouse_source_sql(sides.ch.database, sides.ch.table, since=SINCE, until=UNTIL, has_trim_both=trim)
     return (
         f"SELECT c_id, {pg.canonical()}, {pg.hash60(pg.canonical())} FROM ({legacy_src}) s",
         f"SELECT c_id, {chd.canonical()}, {chd.hash60(chd.canonical())} FROM ({ch_src}) s",
@@ -622,6 +632,29 @@ def test_tolerance_forgives_sums_but_not_counts(sides: Sides) -> None:
     sides.fill(legacy, ch)
     data = sides.check("--tolerance-abs", "1000000000", expect=1)
     assert [r["kind"] for r in data["rows"]] == ["missing_in_clickhouse"]
+
+
+@pytest.mark.integration
+def test_a_channel_code_added_to_the_mapping_compares_equal(sides: Sides, project: Path) -> None:
+    """Codes come from configs/legacy/mapping.yaml: one added there (W → WALLET) is normalised like the rest."""
+    mapping = project / "configs" / "legacy" / "mapping.yaml"
+    text = mapping.read_text()
+    assert text.count("C: CONTACTLESS}") == 1
+    mapping.write_text(text.replace("C: CONTACTLESS}", "C: CONTACTLESS, W: WALLET}"))
+    rows = [replace(t, channel_cd="W") if i % 7 == 0 else t for i, t in enumerate(ROWS[:3000])]
+    wallet = [t.txn_ref for t in rows if t.channel_cd == "W"]
+    fill_legacy(sides.schema, rows)
+    sides.ch.fill(rows, channels={**CHANNELS, "W": "WALLET"})
+    env = {**sides.env, "NOVA_CONFIG": str(project / "configs" / "nova.yaml")}
+    args = ("parity-check", "--since", DAYS[0], "--until", "2024-03-07", "--by", "day,channel", "--json")
+    data = json.loads(run_nova(*args, expect=0, env=env).stdout)
+    assert data["ok"] is True and data["totals"]["clickhouse"]["count"] == len(rows)
+    # The repository's mapping does not know W: there the same rows differ, in their channel only.
+    data = sides.check("--by", "day,channel", expect=1)
+    assert sorted(r["transaction_id"] for r in data["rows"]) == sorted(wallet)
+    assert {(r["kind"], r["column"], r["legacy"], r["clickhouse"]) for r in data["rows"]} == {
+        ("value_mismatch", "channel", "W", "WALLET")
+    }
 
 
 @pytest.mark.integration
