@@ -77,7 +77,9 @@ def _topic_end(pe) -> int:  # type: ignore[no-untyped-def]
     consumer = kafka.consumer(settings, group_id=f"{pe.topic}-probe")
     try:
         meta = consumer.list_topics(pe.topic, timeout=10).topics[pe.topic]
-        return sum(consumer.get_watermark_offsets(kafka.TopicPartition(pe.topic, p), timeout=10)[1] for p in meta.partitions)
+        tps = [kafka.TopicPartition(pe.topic, p) for p in meta.partitions]
+        ends = [consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in tps]
+        return sum(ends)
     finally:
         consumer.close()
 
