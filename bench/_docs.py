@@ -25,11 +25,18 @@ def machine() -> str:
             f"load average {load:.1f} at the start")  # fmt: skip
 
 
-def write_section(name: str, markdown: str) -> None:
-    """Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`."""
+def write_section(name: str, markdown: str, *, title: str | None = None) -> None:
+    """Replace the text between `<!-- NAME:begin -->` and `<!-- NAME:end -->`.
+
+    With a `title`, a document without the markers gets them in a new `## title` section at the
+    end (a benchmark's first recorded run); without one, missing markers are an error.
+    """
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = DOCS.read_text()
     head, found, rest = text.partition(begin)
+    if not found and title is not None:
+        DOCS.write_text(f"{text.rstrip()}\n\n## {title}\n\n{begin}\n{markdown.strip()}\n{end}\n")
+        return
     if not found:
         raise SystemExit(f"{DOCS} has no {begin} marker")
     _, _, tail = rest.partition(end)

@@ -1,12 +1,16 @@
 """Throughput of the Avro codec on card transactions: encode, and the ways to decode.
 
-    python bench/bench_decode.py [--records 200000] [--batch 10000] [--reps 5]
+    python bench/bench_decode.py [--records 200000] [--batch 10000] [--reps 5] [--write-docs]
 
 Every variant decodes the same wire-format values (in batches of --batch, as a consumer would hand
 them over) and is checked against the records that were encoded; rates are records per second of
 this process's CPU time (steadier than wall time on a shared machine; the code is single-threaded),
 best and median of --reps rounds, run round-robin so machine noise hits all variants alike.
 Not a test: numbers depend on the machine (see docs/BENCHMARKS.md for recorded runs).
+
+The ingest worker decodes with ``FastDecoder`` (bench/bench_fastdecode.py); ``Decoder`` serves the
+DLQ tools and is the fast path's authority, and ``decode_batch`` is a loop over ``decode``: this
+shows what fastavro itself costs per record, with and without logical types and schema resolution.
 """
 
 from __future__ import annotations
@@ -33,17 +37,16 @@ import fastavro
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.contracts import codec as avro_codec  # noqa: E402
-from pipelines.contracts.codec import HEADER_SIZE, Decoder, encode, encode_batch, parse_raw  # noqa: E402
+from pipelines.contracts.codec import HEADER_SIZE, Decoder, encode, encode_batch, enum_symbols, parse_raw  # noqa: E402
 from pipelines.contracts.registry import FileRegistry  # noqa: E402
 
 SUBJECT = "transactions-value"
 
 
-def make_records(n: int, seed: int = 7) -> list[dict[str, Any]]:
+def make_records(n: int, schema: dict[str, Any], seed: int = 7) -> list[dict[str, Any]]:
     rnd = random.Random(seed)
-    channels = ["POS", "ECOM", "ATM", "MOTO", "CONTACTLESS"]
-    statuses = ["AUTHORIZED", "CAPTURED", "DECLINED", "REFUNDED", "REVERSED"]
+    channels = list(enum_symbols(schema, "channel"))
+    statuses = list(enum_symbols(schema, "status"))
     out = []
     for i in range(n):
         out.append(
@@ -68,19 +71,12 @@ def make_records(n: int, seed: int = 7) -> list[dict[str, Any]]:
     return out
 
 
-def container_unverified(header: bytes, values: list[bytes]) -> list[Any]:
-    """The container-block trick without the per-record position check (wrong on corrupt input; reference)."""
-    body = b"".join([v[HEADER_SIZE:] for v in values])
-    z = avro_codec._zigzag
-    block = b"".join((header, z(len(values)), z(len(body)), body, avro_codec._SYNC))
-    return list(fastavro.reader(io.BytesIO(block)))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--write-docs", action="store_true", help="record the figures in docs/BENCHMARKS.md")
     args = ap.parse_args()
     n, batch = args.records, args.batch
 
@@ -96,12 +92,11 @@ def main() -> None:
         needed = {"transaction_id", "event_time", "card_id", "amount_minor", "currency", "status"}
         subset_json["fields"] = [f for f in subset_json["fields"] if f["name"] in needed]
 
-        records = make_records(n)
+        records = make_records(n, json.loads(v1.schema.raw))
         raw_v1 = parse_raw(v1.schema.raw)
         logical_v1 = fastavro.parse_schema(json.loads(v1.schema.raw))
         values = encode_batch(records, v1.id, raw_v1)
         batches = [values[s : s + batch] for s in range(0, n, batch)]
-        header = avro_codec._container_header(avro_codec.raw_logical_schema(json.loads(v1.schema.raw)))
         corrupt = list(values)
         for i in range(0, n, 100):  # 1% bad: alternately cut short and given a trailing byte
             corrupt[i] = corrupt[i][:-3] if (i // 100) % 2 else corrupt[i] + b"\x00"
@@ -144,9 +139,6 @@ def main() -> None:
             dec = Decoder(registry)
             return [dec.decode(v) for part in batches for v in part]
 
-        def unverified() -> list[Any]:
-            return [r for part in batches for r in container_unverified(header, part)]
-
         v2_reader = parse_raw(json.dumps(v2_json))
         expect_v2 = [{**r, "risk_score": None} for r in records]
         expect_subset = [{k: r[k] for k in r if k in needed} for r in records]
@@ -157,12 +149,11 @@ def main() -> None:
             "encode_batch (chosen)": (lambda: encode_batch(records, v1.id, raw_v1), values),
             "encode_batch, logical types on": (lambda: encode_batch(records, v1.id, logical_v1), values),
             "schemaless_reader per message": (per_message(raw_v1), records),
-            "  same, logical types converted": (per_message(logical_v1), None),
+            "schemaless_reader, logical types converted": (per_message(logical_v1), None),
             "Decoder.decode per message": (decode_loop, records),
-            "container block, unchecked (unsafe)": (unverified, records),
-            "Decoder.decode_batch (chosen)": (with_decoder(), records),
-            "  with 1% corrupt messages": (with_decoder(source=corrupt_batches), expect_corrupt),
-            "  with the cyclic GC paused": (gc_off(with_decoder()), records),
+            "Decoder.decode_batch": (with_decoder(), records),
+            "decode_batch, 1% corrupt messages": (with_decoder(source=corrupt_batches), expect_corrupt),
+            "decode_batch, cyclic GC paused": (gc_off(with_decoder()), records),
             "schemaless_reader v1 -> v2 reader": (per_message(raw_v1, v2_reader), expect_v2),
             "decode_batch v1 -> v2 reader": (with_decoder(json.dumps(v2_json)), expect_v2),
             "decode_batch, 6 of 15 fields": (with_decoder(subset_json), expect_subset),
@@ -178,19 +169,42 @@ def main() -> None:
                     raise SystemExit(f"{name}: wrong result")
                 del got
 
-        print(
-            f"# {platform.processor() or platform.machine()} · {platform.python_implementation()} "
+        about = (
+            f"{platform.processor() or platform.machine()} · {platform.python_implementation()} "
             f"{platform.python_version()} · fastavro {fastavro.__version__}"
         )
-        print(
-            f"# {n} card transactions (~{sum(map(len, values)) / n:.0f} B each), batches of {batch}, "
+        setup = (
+            f"{n} card transactions (~{sum(map(len, values)) / n:.0f} B each), batches of {batch}, "
             f"{args.reps} rounds; v2 = id {v2_id}"
         )
-        print(f"{'variant (records per CPU-second)':40s} {'best':>10s} {'median':>10s}")
+        print(f"# {about}\n# {setup}")
+        print(f"{'variant (records per CPU-second)':44s} {'best':>10s} {'median':>10s}")
         for name, r in rates.items():
-            print(f"{name:40s} {max(r):10,.0f} {statistics.median(r):10,.0f}")
+            print(f"{name:44s} {max(r):10,.0f} {statistics.median(r):10,.0f}")
+        if args.write_docs:
+            write_docs(rates, setup, f"python bench/bench_decode.py --records {n} --batch {batch} --reps {args.reps}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_docs(rates: dict[str, list[float]], setup: str, command: str) -> None:
+    from _docs import machine, write_section
+
+    rows = [f"| {name} | {max(r):,.0f} | {statistics.median(r):,.0f} |" for name, r in rates.items()]
+    write_section(
+        "decode",
+        "\n".join(
+            [
+                f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {machine()}; "
+                f"{setup}. Records per CPU-second of the process (one thread).",
+                "",
+                "| variant | best | median |",
+                "|---|---:|---:|",
+                *rows,
+            ]
+        ),
+        title="Avro codec (`bench/bench_decode.py`)",
+    )
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """CPU cost of the ingest worker's decode + transform: the dict path against the columnar fast path.
 
-    python bench/bench_fastdecode.py [--events 200000] [--batch 10000] [--reps 5] [--chdb]
+    python bench/bench_fastdecode.py [--events 200000] [--batch 10000] [--reps 5] [--chdb] [--write-docs]
 
 The values come from the generator (`open_message_stream`, no Kafka) with a small malformed mix
 of every kind, cut into chunks of --batch as a consumer hands them over. Per chunk:
 
-- dict path: `Decoder.decode_batch` → `transform` (what `Worker._process` does today);
-- fast path: `FastDecoder.decode` → `transform_table` (pipelines/ingest/fastdecode.py);
+- dict path: `Decoder.decode_batch` → `transform` (what the worker did before the fast path, and
+  what `FastDecoder` still does for a writer schema it can't read column-wise);
+- fast path: `FastDecoder.decode` → `transform_table` (pipelines/contracts/columnar.py, what
+  `Worker._process` does);
 - with --chdb, for comparison, ClickHouse's own Avro reader through chdb: the chunk's bodies
   (the clean ones only: it has no per-message error isolation) framed as one in-memory Avro
   object container with a `_seq` field appended per record, written to a scratch file and read
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import platform
 import resource
@@ -42,7 +45,7 @@ import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
 from pipelines.config import load_settings  # noqa: E402
-from pipelines.contracts.codec import Decoder, _zigzag, raw_logical_schema  # noqa: E402
+from pipelines.contracts.codec import Decoder, raw_logical_schema  # noqa: E402
 from pipelines.contracts.columnar import FastDecoder  # noqa: E402
 from pipelines.contracts.reference import load_reference  # noqa: E402
 from pipelines.contracts.registry import open_registry  # noqa: E402
@@ -51,9 +54,16 @@ from pipelines.ingest.transform import (  # noqa: E402
     transform,
     transform_table,
 )
-from pipelines.synth.generate import MALFORMED_KINDS, open_message_stream  # noqa: E402
+from pipelines.synth import MALFORMED_KINDS, open_message_stream  # noqa: E402
 
 Stages = dict[str, float]
+
+
+def avro_long(n: int) -> bytes:
+    """``n`` as Avro writes a long (zigzag varint), by fastavro: the container's counts and `_seq`."""
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, "long", n)
+    return buf.getvalue()
 
 
 def cpu_s() -> float:
@@ -99,11 +109,11 @@ class ChdbContainer:
         schema = raw_logical_schema(writer_json)  # uuid as a plain string, event_time as a long
         schema["fields"].append({"name": "_seq", "type": "long"})
         meta = {"avro.schema": json.dumps(schema).encode(), "avro.codec": b"null"}
-        header = bytearray(b"Obj\x01") + _zigzag(len(meta))
+        header = bytearray(b"Obj\x01") + avro_long(len(meta))
         for key, value in meta.items():
-            header += _zigzag(len(key)) + key.encode() + _zigzag(len(value)) + value
+            header += avro_long(len(key)) + key.encode() + avro_long(len(value)) + value
         self.header = bytes(header + b"\x00" + self.SYNC)
-        self.seq = [_zigzag(i) for i in range(100_000)]
+        self.seq = [avro_long(i) for i in range(100_000)]
         self.path = scratch / "chunk.avro"
         self.conn = sqlitelike.connect(f":memory:?user_files_path={scratch}&tmp_path={scratch / 'tmp'}")
         self.columns = (
@@ -115,7 +125,7 @@ class ChdbContainer:
     def decode(self, values: list[bytes]) -> tuple[pa.Table, np.ndarray]:
         seq = self.seq
         body = b"".join([v[5:] + seq[i] for i, v in enumerate(values)])
-        self.path.write_bytes(b"".join((self.header, _zigzag(len(values)), _zigzag(len(body)), body, self.SYNC)))
+        self.path.write_bytes(b"".join((self.header, avro_long(len(values)), avro_long(len(body)), body, self.SYNC)))
         table = self.conn.query(f"SELECT {self.columns} FROM file('{self.path}', 'Avro')", "ArrowTable")
         positions = table["_seq"].to_numpy()
         table = table.drop_columns(["_seq"])
@@ -134,6 +144,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--chdb", action="store_true", help="also time ClickHouse's Avro reader through chdb")
+    ap.add_argument("--write-docs", action="store_true", help="record the figures in docs/BENCHMARKS.md")
     args = ap.parse_args()
 
     settings = load_settings(ROOT / "configs" / "nova.yaml", environ={})
@@ -219,18 +230,38 @@ def main() -> None:
         f"{platform.python_version()} · numpy {np.__version__} · pyarrow {pa.__version__} · "
         f"fastavro {fastavro.__version__}"
     )
-    print(
-        f"# {n} events (~{sum(map(len, values)) / n:.0f} B each, {bad} undecodable), chunks of {args.batch}, "
-        f"{args.reps} rounds; CPU-s per million events (getrusage, all threads): best / median"
+    setup = (
+        f"{n} events (~{sum(map(len, values)) / n:.0f} B each, {bad} undecodable), chunks of {args.batch}, "
+        f"{args.reps} rounds"
     )
+    print(f"# {setup}; CPU-s per million events (getrusage, all threads): best / median")
     print(f"{'variant':58s} {'decode':>13s} {'transform':>13s} {'total':>13s}")
     per_m = 1e6 / n
+    table: dict[str, list[str]] = {}
     for name, runs in results.items():
         cols = []
         for stage in ("decode", "transform", None):
             xs = [(r[stage] if stage else r["decode"] + r["transform"]) * per_m for r in runs]
             cols.append(f"{min(xs):5.2f} / {statistics.median(xs):5.2f}")
+        table[name] = cols
         print(f"{name:58s} {cols[0]:>13s} {cols[1]:>13s} {cols[2]:>13s}")
+    if args.write_docs:
+        command = f"python bench/bench_fastdecode.py --events {args.events} --batch {args.batch} --reps {args.reps}"
+        write_docs(table, setup, command + (" --chdb" if args.chdb else ""))
+
+
+def write_docs(table: dict[str, list[str]], setup: str, command: str) -> None:
+    from _docs import machine, write_section
+
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} with `{command}` on {machine()}; {setup}. "
+        "CPU-seconds per million events (getrusage: user + system, all threads), best / median.",
+        "",
+        "| variant | decode | transform | total |",
+        "|---|---:|---:|---:|",
+        *(f"| {name} | {' | '.join(c.strip() for c in cols)} |" for name, cols in table.items()),
+    ]
+    write_section("fastdecode", "\n".join(lines), title="Ingest decode + transform (`bench/bench_fastdecode.py`)")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from typing import Any
 import fastavro
 import pytest
 
-from pipelines.contracts import codec as avro_codec
 from pipelines.contracts.codec import (
     DECODE_REASONS,
     DecodeError,
@@ -248,7 +247,7 @@ def test_decode_batch_returns_valid_records_and_exact_errors(registry: FileRegis
 
 
 def test_trailing_bytes_on_the_last_message_of_a_block(registry: FileRegistry, v1: Encoder):
-    # fastavro ignores bytes left over after a block's last record: the position check must not.
+    # fastavro ignores bytes left over after a container block's last record: a batch must not.
     values = [v1.encode(transaction(0)) + b"\x00"]
     records, errors = Decoder(registry).decode_batch(values)
     assert records == [] and [(i, e.reason) for i, e in errors] == [(0, "wrong_type")]
@@ -258,27 +257,9 @@ def test_trailing_bytes_on_the_last_message_of_a_block(registry: FileRegistry, v
     assert len(records) == 2 and [(i, e.reason) for i, e in errors] == [(2, "wrong_type")]
 
 
-def test_clean_batches_are_read_as_blocks(registry: FileRegistry, v1: Encoder, monkeypatch):
-    alone: list[int] = []
-    original = Decoder._decode_body
-
-    def counting(plan, value):
-        alone.append(1)
-        return original(plan, value)
-
-    monkeypatch.setattr(Decoder, "_decode_body", staticmethod(counting))
-    values = v1.encode_batch([transaction(i) for i in range(300)])
-    records, errors = Decoder(registry).decode_batch(values)
-    assert errors == [] and len(records) == 300 and alone == []  # no message decoded on its own
-    values[150] = values[150][:-1]
-    records, errors = Decoder(registry).decode_batch(values)
-    assert [i for i, _ in errors] == [150] and len(records) == 299
-    assert len(alone) == 1  # only the bad one; the block resumes after it
-
-
 def test_a_bad_body_never_shifts_its_neighbours_into_wrong_records(tmp_path: Path):
-    # With all-long fields any byte string decodes, so a block read without the sequence check
-    # would silently return {a: 3, b: 4} for the second message.
+    # With all-long fields any byte string decodes, so a batch read as one stream of bodies (a
+    # container block without a per-message position check) would return {a: 3, b: 4} second.
     registry = FileRegistry(tmp_path)
     schema = json.dumps(
         {"type": "record", "name": "P", "fields": [{"name": "a", "type": "long"}, {"name": "b", "type": "long"}]}
@@ -299,8 +280,7 @@ def test_a_run_of_bad_messages_then_good_ones(registry: FileRegistry, v1: Encode
     assert records == [transaction(i) for i in range(20)]
 
 
-def test_decode_batch_agrees_with_decode_on_random_corruption(registry: FileRegistry, v1: Encoder, monkeypatch):
-    monkeypatch.setattr(avro_codec, "BLOCK_SIZE", 64)  # several blocks, some clean, some not
+def test_decode_batch_agrees_with_decode_on_random_corruption(registry: FileRegistry, v1: Encoder):
     rnd = random.Random(2024)
     values: list[bytes] = []
     for value in v1.encode_batch([transaction(i) for i in range(600)]):

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pipelines.config import Settings, load_settings
-from pipelines.contracts.codec import DecodeError, Decoder, Encoder
+from pipelines.contracts.codec import DecodeError, Decoder, Encoder, enum_symbols
+from pipelines.contracts.columnar_writer import ColumnarEncoder
 from pipelines.contracts.reference import (
     ReferenceData,
     build_merchant_rows,
@@ -23,17 +24,18 @@ from pipelines.contracts.reference import (
 )
 from pipelines.contracts.registry import open_registry
 from pipelines.errors import ConfigError, UsageError
-from pipelines.synth.generate import (
+from pipelines.synth import (
     CHANNELS,
+    FIELDS,
     MALFORMED_KINDS,
     STATUSES,
-    ColumnarEncoder,
     MessageStream,
     TransactionGenerator,
-    _event_window,
     iter_transactions,
     open_message_stream,
 )
+from pipelines.synth.model import _by_symbol
+from pipelines.synth.produce import _event_window
 from tests.conftest import REPO, run_nova, unique
 
 SCHEMA_FILE = REPO / "configs" / "schemas" / "transaction-v1.avsc"
@@ -199,6 +201,19 @@ def test_amounts_depend_on_the_category(reference: ReferenceData) -> None:
 def test_currencies_are_limited_to_those_accepted(reference: ReferenceData) -> None:
     with pytest.raises(ConfigError, match="not among the accepted currencies"):
         _gen(reference, currencies=["EUR"])
+
+
+def test_the_model_speaks_the_contracts_vocabulary(schema_json: dict) -> None:
+    types = {f["name"]: f["type"] for f in schema_json["fields"]}
+    enums = {name: t["symbols"] for name, t in types.items() if isinstance(t, dict) and t["type"] == "enum"}
+    assert tuple(enums["channel"]) == CHANNELS and tuple(enums["status"]) == STATUSES
+    assert tuple(f["name"] for f in schema_json["fields"]) == FIELDS
+    with pytest.raises(ConfigError, match=r"channel weights of MCC 5411 name \['PIGEON'\]"):
+        _by_symbol({"POS": 0.5, "PIGEON": 0.5}, CHANNELS, "channel weights of MCC 5411")
+    with pytest.raises(ValueError, match="no field 'nope'"):
+        enum_symbols(schema_json, "nope")
+    with pytest.raises(ValueError, match=r"'card_id' .* is not an enum"):
+        enum_symbols(schema_json, "card_id")
 
 
 def test_columnar_encoder_matches_the_codec_byte_for_byte(reference: ReferenceData, schema_json: dict) -> None:
@@ -439,7 +454,7 @@ def test_generate_into_kafka_exactly(project: Path) -> None:
 @pytest.mark.integration
 def test_generate_paces_to_the_rate_and_reports_delivery(project: Path) -> None:
     from pipelines import kafka
-    from pipelines.synth.generate import generate
+    from pipelines.synth import generate
 
     settings, _ = _project_settings(project)
     topic = unique("nova_test_generate_rate")
@@ -464,7 +479,7 @@ def test_generate_paces_to_the_rate_and_reports_delivery(project: Path) -> None:
 def test_delivery_failures_raise(project: Path) -> None:
     from pipelines import kafka
     from pipelines.errors import KafkaError
-    from pipelines.synth.generate import generate
+    from pipelines.synth import generate
 
     settings, _ = _project_settings(project)
     topic = unique("nova_test_generate_small")

@@ -1,4 +1,4 @@
-"""Avro in the Confluent wire format: encode for producers, decode (fast, in batches) for the ingest worker.
+"""Avro in the Confluent wire format: encode for producers, decode for the DLQ tools and the columnar reader.
 
 A Kafka value is ``0x00`` (magic byte) + the writer schema's registry id as 4 bytes big-endian + the
 Avro binary body. Decoding looks the id up in the schema registry (cached per id) and, when the
@@ -12,16 +12,14 @@ event), and the columnar batch for ClickHouse wants the integers anyway; the uui
 validation rule, not a decode error. ``decimal`` keeps fastavro's ``Decimal`` conversion.
 
 Speed (see ``bench/bench_decode.py``): fastavro's per-record work dominates (~5 µs for a card
-transaction: every varint is a ``read()`` call), so what is left to win is the per-call overhead.
-``Decoder.decode_batch`` joins the bodies of a run of messages with the same schema id into one
-in-memory Avro object-container block and reads it with ``fastavro.block_reader``: one call per
-block instead of one per message (~5-10% faster than the best one-by-one loop). It stays exact:
-after each record the block's read position must be precisely the end of that message's body, so
-every record was decoded from exactly its own bytes, as ``decode`` would have; a body that is cut
-short, has trailing bytes or doesn't decode is decoded alone for its exact error, and reading
-resumes at the next body. A reader schema that only adds fields with defaults or drops fields is
-applied to the decoded dicts instead of through fastavro's schema resolution, which costs half
-the throughput.
+transaction: every varint is a ``read()`` call), and the ingest worker doesn't come here for it:
+``FastDecoder`` (``contracts/columnar.py``) reads the bodies column-wise and hands this decoder only
+the messages it won't vouch for, one by one, and writer schemas it can't read, as a batch.
+``decode_batch`` is therefore a plain loop over ``decode``. (It used to read a run of bodies as
+one in-memory Avro container block: ~9% faster on clean batches, slower than the loop with 1%
+corrupt messages, and ~170 lines of position bookkeeping — not worth it off the hot path.)
+A reader schema that only adds fields with defaults or drops fields is applied to the decoded
+dicts instead of through fastavro's schema resolution, which costs half the throughput.
 """
 
 from __future__ import annotations
@@ -29,16 +27,16 @@ from __future__ import annotations
 import json
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from io import BytesIO
-from itertools import accumulate
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import fastavro
 
+from pipelines.contracts.registry.base import SchemaNotFoundError
+
 if TYPE_CHECKING:
-    from pipelines.contracts.registry import SchemaRegistry
+    from pipelines.contracts.registry.base import SchemaRegistry
 
 MAGIC_BYTE: Final = 0
 HEADER_SIZE: Final = 5
@@ -63,15 +61,8 @@ RAW_LOGICAL_TYPES: Final = frozenset(
     }
 )
 
-# Messages per container block in decode_batch: large enough that the block's fixed cost
-# (~25 µs: header and schema parse) vanishes, small enough to bound what a garbage length read
-# after a bad body can copy (the rest of the block). 256-10000 measure the same.
-BLOCK_SIZE: Final = 1024
-# Consecutive blocks failing on their first record before a chunk is decoded message by message.
-_MAX_STALLS: Final = 3
 # Seconds an unknown schema id is answered from memory before the registry is asked again.
 UNKNOWN_ID_RETRY_S: Final = 30.0
-_SYNC: Final = b"nova-avro-block!"  # any 16 bytes: the blocks never leave the process
 _FASTAVRO_KEYS: Final = frozenset({"__fastavro_parsed", "__named_schemas"})
 
 
@@ -98,9 +89,6 @@ class EncodeError(ValueError):
     """A record does not match the schema it is being encoded with."""
 
 
-# --- schemas ------------------------------------------------------------------------------
-
-
 def raw_logical_schema(schema: Any) -> Any:
     """A copy of an Avro schema (JSON form) without the logical types listed in RAW_LOGICAL_TYPES."""
     if isinstance(schema, dict):
@@ -125,7 +113,21 @@ def parse_raw(schema: str | dict[str, Any]) -> dict[str, Any]:
     return fastavro.parse_schema(raw_logical_schema(_schema_json(schema)))  # type: ignore[return-value]
 
 
-# --- encoding -----------------------------------------------------------------------------
+def enum_symbols(schema: Mapping[str, Any], field: str) -> tuple[str, ...]:
+    """The symbols of the enum a record schema's ``field`` holds (alone or in a union), in order.
+
+    So code that needs a contract's vocabulary (channels, statuses) reads it from the schema
+    instead of listing it again.
+    """
+    for fld in schema.get("fields", ()):
+        if fld.get("name") != field:
+            continue
+        branches = fld["type"] if isinstance(fld["type"], list) else [fld["type"]]
+        for branch in branches:
+            if isinstance(branch, dict) and branch.get("type") == "enum":
+                return tuple(branch["symbols"])
+        raise ValueError(f"field {field!r} of schema {schema.get('name')!r} is not an enum")
+    raise ValueError(f"schema {schema.get('name')!r} has no field {field!r}")
 
 
 def wire_header(schema_id: int) -> bytes:
@@ -193,33 +195,10 @@ class Encoder:
         return encode_batch(records, self.schema_id, self.parsed)
 
 
-# --- decoding -----------------------------------------------------------------------------
-
-
-def _zigzag(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def _container_header(schema_json: Any) -> bytes:
-    meta = {"avro.schema": json.dumps(schema_json).encode(), "avro.codec": b"null"}
-    out = bytearray(b"Obj\x01")
-    out += _zigzag(len(meta))
-    for key, value in meta.items():
-        out += _zigzag(len(key)) + key.encode() + _zigzag(len(value)) + value
-    out += b"\x00" + _SYNC
-    return bytes(out)
-
-
 class _Plan:
     """How to decode the bodies written with one schema id."""
 
-    __slots__ = ("block_header", "defaults", "drop", "reader", "schema_id", "writer")
+    __slots__ = ("defaults", "drop", "reader", "schema_id", "writer")
 
     def __init__(self, schema_id: int, writer_json: Any, reader_json: Any | None) -> None:
         self.schema_id = schema_id
@@ -238,7 +217,6 @@ class _Plan:
         self.reader: dict[str, Any] | None = (
             fastavro.parse_schema(reader_raw) if reader_raw is not None else None  # type: ignore[assignment]
         )
-        self.block_header = _container_header(writer_raw)
 
     def project(self, records: list[dict[str, Any]]) -> None:
         """Turn records decoded with the writer schema into the reader's shape (projection plans)."""
@@ -310,25 +288,6 @@ def _same_schema(a: Any, b: Any) -> bool:
     return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
-_FIRST_FIVE = itemgetter(slice(0, HEADER_SIZE))
-
-
-def _common_header(values: Sequence[bytes | None]) -> bytes | None:
-    """The 5-byte header every value starts with, if they all share one (and it is framed)."""
-    if not values:
-        return None
-    first = values[0]
-    if not isinstance(first, bytes) or len(first) < HEADER_SIZE or first[0] != MAGIC_BYTE:
-        return None
-    header = first[:HEADER_SIZE]
-    try:
-        if all(map(header.__eq__, map(_FIRST_FIVE, values))):  # type: ignore[arg-type]
-            return header
-    except TypeError:  # None among them
-        pass
-    return None
-
-
 class Decoder:
     """Decodes wire-format values by schema id, with cached registry lookups.
 
@@ -349,8 +308,6 @@ class Decoder:
         self._plans: dict[int, _Plan] = {}
         self._unknown: dict[int, tuple[str, float]] = {}
 
-    # -- schema lookup
-
     def require_schema(self, schema_id: int) -> None:
         """Raise the `unknown_schema_id` DecodeError this decoder would give for `schema_id` (cached)."""
         self._plan(schema_id)
@@ -365,8 +322,6 @@ class Decoder:
             if time.monotonic() < until:
                 raise DecodeError("unknown_schema_id", detail, schema_id=schema_id)
             del self._unknown[schema_id]
-        from pipelines.contracts.registry import SchemaNotFoundError
-
         try:
             registered = self.registry.get_schema(schema_id)
         except SchemaNotFoundError as exc:
@@ -378,8 +333,6 @@ class Decoder:
         plan = _Plan(schema_id, json.loads(registered.raw), self.reader_json)
         self._plans[schema_id] = plan
         return plan
-
-    # -- one message
 
     def decode(self, value: bytes | None) -> dict[str, Any]:
         """One value as a record; raises ``DecodeError``."""
@@ -419,8 +372,6 @@ class Decoder:
             plan.project([record])  # type: ignore[list-item]
         return record  # type: ignore[return-value]
 
-    # -- many messages
-
     def decode_batch(
         self, values: Sequence[bytes | None]
     ) -> tuple[list[dict[str, Any]], list[tuple[int, DecodeError]]]:
@@ -429,131 +380,13 @@ class Decoder:
         ``records`` are the decodable values' records in input order (the failed indices left out);
         ``errors`` are ``(index, DecodeError)`` pairs in index order. Registry outages raise.
         """
-        n = len(values)
-        out: list[Any] = [None] * n
+        records: list[dict[str, Any]] = []
         errors: list[tuple[int, DecodeError]] = []
-        header = _common_header(values)
-        if header is not None:  # the usual case: one schema id, all framed — no grouping needed
+        decode = self.decode
+        for i, value in enumerate(values):
             try:
-                plan = self._plan(int.from_bytes(header[1:], "big"))
+                records.append(decode(value))
             except DecodeError as exc:
-                return [], [(i, exc.with_traceback(None)) for i in range(n)]
-            for start in range(0, n, BLOCK_SIZE):
-                self._decode_chunk(plan, values, range(start, min(n, start + BLOCK_SIZE)), out, errors)  # type: ignore[arg-type]
-        else:
-            groups: dict[int, list[int]] = {}
-            unpack = _HEADER.unpack_from
-            for i, value in enumerate(values):
-                try:
-                    magic, schema_id = unpack(value)  # type: ignore[arg-type]
-                except (struct.error, TypeError):
-                    magic, schema_id = -1, -1
-                if magic == MAGIC_BYTE:
-                    group = groups.get(schema_id)
-                    if group is None:
-                        groups[schema_id] = [i]
-                    else:
-                        group.append(i)
-                    continue
-                try:
-                    self.decode(value)
-                except DecodeError as exc:
-                    errors.append((i, exc.with_traceback(None)))
-            for schema_id, indices in groups.items():
-                try:
-                    plan = self._plan(schema_id)
-                except DecodeError as exc:
-                    errors.extend((i, exc.with_traceback(None)) for i in indices)
-                    continue
-                for start in range(0, len(indices), BLOCK_SIZE):
-                    self._decode_chunk(plan, values, indices[start : start + BLOCK_SIZE], out, errors)  # type: ignore[arg-type]
-        if not errors:
-            return out, errors
-        errors.sort(key=lambda pair: pair[0])
-        failed = {i for i, _ in errors}
-        return [record for i, record in enumerate(out) if i not in failed], errors
-
-    def _decode_chunk(
-        self,
-        plan: _Plan,
-        values: Sequence[bytes],
-        chunk: Sequence[int],
-        out: list[Any],
-        errors: list[tuple[int, DecodeError]],
-    ) -> None:
-        """Decode values[i] for i in chunk (all written with plan's schema) into out / errors.
-
-        The bodies are read as one container block. After each record the block's read position
-        must be exactly the end of that message's body: then the record was decoded from precisely
-        its own bytes, as ``decode`` would have. A message whose body is cut short, has trailing
-        bytes or is garbage is decoded alone for its exact error, and reading goes on from the
-        start of the next body (in the same block, or in a new one if the bad body raised).
-        """
-        contiguous = isinstance(chunk, range)
-        mine = values[chunk.start : chunk.stop] if isinstance(chunk, range) else [values[i] for i in chunk]
-        bodies = [value[HEADER_SIZE:] for value in mine]
-        n = len(bodies)
-        good: list[dict[str, Any]] = []  # decoded in blocks, in chunk order
-        alone: list[int] = []  # positions decoded on their own (into out / errors directly)
-        append, stalls = good.append, 0
-        while (pos := len(good) + len(alone)) < n:
-            if stalls >= _MAX_STALLS:
-                # Blocks failing on their first record again and again (a writer the reader
-                # can't resolve, a run of garbage) aren't worth their setup: go one by one.
-                for k in range(pos, n):
-                    alone.append(k)
-                    self._decode_alone(plan, mine[k], chunk[k], out, errors)
-                break
-            before = len(good)
-            try:
-                sub = bodies[pos:] if pos else bodies
-                blk = self._open_block(plan, sub)
-                position, seek = blk.bytes_.tell, blk.bytes_.seek  # a BytesIO over the block's data
-                records, ends = iter(blk), accumulate(map(len, sub))
-                while True:
-                    for record, end in zip(records, ends, strict=False):
-                        if position() != end:
-                            break
-                        append(record)  # type: ignore[arg-type]
-                    else:
-                        break
-                    # The body just read is bad: decode it alone for its exact error, then go on
-                    # reading the same block from the start of the next body.
-                    k = len(good) + len(alone)
-                    alone.append(k)
-                    self._decode_alone(plan, mine[k], chunk[k], out, errors)
-                    seek(end)
-            except Exception:  # garbage raises anything (and ends the block): alone, it will say what
-                k = len(good) + len(alone)
-                alone.append(k)
-                self._decode_alone(plan, mine[k], chunk[k], out, errors)
-            stalls = stalls + 1 if len(good) == before else 0
-        if good and (plan.drop or plan.defaults):
-            plan.project(good)
-        if not alone:
-            if contiguous:
-                out[chunk[0] : chunk[0] + n] = good
-            else:
-                for i, record in zip(chunk, good, strict=True):
-                    out[i] = record
-            return
-        skip = set(alone)
-        decoded = iter(good)
-        for k in range(n):
-            if k not in skip:
-                out[chunk[k]] = next(decoded)
-
-    def _decode_alone(
-        self, plan: _Plan, value: bytes, index: int, out: list[Any], errors: list[tuple[int, DecodeError]]
-    ) -> None:
-        try:
-            out[index] = self._decode_body(plan, value)
-        except DecodeError as exc:
-            # Without its traceback: a kept error must not keep the frame (and its buffers) alive.
-            errors.append((index, exc.with_traceback(None)))
-
-    @staticmethod
-    def _open_block(plan: _Plan, bodies: Sequence[bytes]) -> Any:
-        data = b"".join(bodies)
-        block = b"".join((plan.block_header, _zigzag(len(bodies)), _zigzag(len(data)), data, _SYNC))
-        return next(fastavro.block_reader(BytesIO(block), plan.reader))
+                # Without its traceback: a kept error must not keep the frame (and its buffers) alive.
+                errors.append((i, exc.with_traceback(None)))
+        return records, errors
