@@ -10,7 +10,7 @@ import pytest
 from pipelines.config import load_settings
 from pipelines.contracts.reference import load_reference
 from pipelines.ingest.transform import RULE_VIOLATION, Enricher, transform
-from pipelines.synth.generate import iter_transactions
+from pipelines.synth import iter_transactions
 from tests.conftest import REPO
 
 
@@ -44,6 +44,7 @@ def test_valid_records_become_typed_columns(setup) -> None:  # type: ignore[no-u
     assert names == [ref.merchants[r["merchant_id"]].name for r in recs]
     scores = t["risk_score"].to_numpy()
     assert ((scores >= 0) & (scores <= 1)).all()
+    assert t["contract_flags"].to_pylist() == [[]] * 1000
 
 
 def test_reporting_amount_uses_fx_and_minor_units(setup) -> None:  # type: ignore[no-untyped-def]
@@ -94,9 +95,12 @@ def test_unknown_merchant_is_kept_and_marked(setup) -> None:  # type: ignore[no-
     settings, ref, enricher = setup
     now = int(time.time() * 1000)
     rec = dict(_records(ref, 1, now - 1000)[0], merchant_id="NOPE")
-    chunk = transform([rec], [0], rules=settings.pipeline.rules, enricher=enricher, now_ms=now)
+    # Kept only when the configuration says so: the default dead-letters it (tests/test_contract.py).
+    rules = settings.pipeline.rules.model_copy(update={"unknown_merchant": "flag"})
+    chunk = transform([rec], [0], rules=rules, enricher=enricher, now_ms=now)
     assert chunk.table is not None
     assert chunk.table["merchant_segment"].to_pylist() == ["unknown"]
+    assert chunk.table["contract_flags"].to_pylist() == [["known_merchant"]]
 
 
 def test_high_risk_is_rare_but_present(setup) -> None:  # type: ignore[no-untyped-def]

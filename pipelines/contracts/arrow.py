@@ -54,6 +54,12 @@ def _event_time_ms(values: list[Any]) -> np.ndarray:
     return np.fromiter(values, dtype=np.int64, count=len(values))
 
 
+def column_array(table: pa.Table, name: str) -> pa.Array:
+    """A table's column as one Array: its only chunk as is, since ``combine_chunks`` would copy it."""
+    column = table[name]
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 def records_table(records: Sequence[dict[str, Any]]) -> pa.Table:
     """Decoded records → the contract columns, converted exactly as ``transform`` converts them."""
     n = len(records)

@@ -1,4 +1,4 @@
-"""Reference data: the merchant dimension and FX rates, loaded from the committed CSVs.
+"""Reference data: the merchant dimension, FX rates and country codes, loaded from the committed CSVs.
 
 Both files live in `configs/reference/` (paths from `settings.pipeline.merchants` / `fx_rates`)
 and are loaded into plain dicts the generator and the ingest worker's enrichment share:
@@ -6,10 +6,12 @@ and are loaded into plain dicts the generator and the ingest worker's enrichment
     ref = load_reference(settings)
     ref.merchants["M000001"]  # Merchant(name, category, segment, country, currency)
     ref.fx_rates["JPY"]       # FxRate(rate=0.0061, exponent=0)
+    "DE" in ref.countries     # ISO 3166-1 alpha-2 (settings.pipeline.rules.countries)
 
 `merchants.csv` lists merchants in popularity order: the generator gives row 1 the
 highest Zipf weight. The files are made by `python -m pipelines.contracts.reference` from a fixed
-seed, so regenerating them gives byte-identical files (a test checks that).
+seed, so regenerating them gives byte-identical files (a test checks that). `countries.csv` is
+not generated: it is ISO 3166-1 as Debian's iso-codes 4.15 ships it (the data pycountry bundles).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 MERCHANT_COLUMNS = ("merchant_id", "name", "category", "segment", "country", "currency")
 FX_COLUMNS = ("currency", "rate_to_reporting", "minor_units")
+COUNTRY_COLUMNS = ("country", "name")
 SEGMENTS = ("small", "mid", "enterprise")
 
 # ISO 18245 merchant category codes the synthetic merchants use, with their descriptions.
@@ -69,6 +72,7 @@ class ReferenceData:
     merchants: dict[str, Merchant]
     fx_rates: dict[str, FxRate]
     reporting_currency: str
+    countries: frozenset[str]
 
 
 def load_reference(settings: Settings) -> ReferenceData:
@@ -95,7 +99,18 @@ def load_reference(settings: Settings) -> ReferenceData:
                 f"which has no rate in {fx_path}",
                 hint=f"add a rate for {merchant.currency} to {fx_path.name}",
             )
-    return ReferenceData(merchants=merchants, fx_rates=fx_rates, reporting_currency=reporting)
+    countries_path = settings.resolve(settings.pipeline.rules.countries)
+    countries = load_countries(countries_path)
+    for line, (merchant_id, merchant) in enumerate(merchants.items(), start=2):
+        if merchant.country not in countries:
+            raise ConfigError(
+                f"{merchants_path}, line {line}: merchant {merchant_id} is in country {merchant.country!r}, "
+                f"which is not in {countries_path}",
+                hint="fix the merchant's country, or add the code to the countries file",
+            )
+    return ReferenceData(
+        merchants=merchants, fx_rates=fx_rates, reporting_currency=reporting, countries=frozenset(countries)
+    )
 
 
 _MERCHANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -130,7 +145,7 @@ def _rows(path: Path, columns: tuple[str, ...]) -> list[tuple[int, list[str]]]:
         raise ConfigError(
             f"reference file {path} does not exist",
             hint=(
-                "check pipeline.merchants / pipeline.fx_rates, "
+                "check pipeline.merchants / pipeline.fx_rates / pipeline.rules.countries, "
                 "or regenerate with `python -m pipelines.contracts.reference`"
             ),
         ) from None
@@ -161,6 +176,21 @@ def load_merchants(path: Path) -> dict[str, Merchant]:
     if not merchants:
         raise ConfigError(f"{path}: no merchants", hint="regenerate it with `python -m pipelines.contracts.reference`")
     return merchants
+
+
+def load_countries(path: Path) -> dict[str, str]:
+    """ISO 3166-1 alpha-2 code → English short name, the codes the contract's country rule accepts."""
+    countries: dict[str, str] = {}
+    for line, (code, name) in _rows(path, COUNTRY_COLUMNS):
+        where = f"{path}, line {line}"
+        if not _COUNTRY.match(code):
+            raise ConfigError(f"{where}: country {code!r} is not an ISO 3166-1 alpha-2 code (two capitals, e.g. DE)")
+        if code in countries:
+            raise ConfigError(f"{where}: country {code} appears twice")
+        countries[code] = name
+    if not countries:
+        raise ConfigError(f"{path}: no countries", hint="restore configs/reference/countries.csv from git")
+    return countries
 
 
 def load_fx_rates(path: Path) -> dict[str, FxRate]:

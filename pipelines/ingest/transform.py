@@ -1,7 +1,9 @@
 """Decoded records → validated, enriched, scored columnar batch. Pure: no I/O, easy to test.
 
 Everything after decoding works on whole columns (numpy / pyarrow compute), because the
-per-record Python work is the budget of a ≥100k events/s worker.
+per-record Python work is the budget of a ≥100k events/s worker. Validation is the data
+contract of `pipelines/contracts/rules.py`; this module turns its verdict into dead letters
+and the rows that pass into the `transactions` columns.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.contracts.arrow import NULLABLE_FIELDS, records_table
+from pipelines.contracts.arrow import NULLABLE_FIELDS, column_array, records_table
+from pipelines.contracts.rules import KNOWN_MERCHANT, ReferenceSets, check_contract
 
 if TYPE_CHECKING:
     from pipelines.config import RulesSettings
@@ -30,7 +33,7 @@ class Rejected:
     index: int  # position in the polled chunk
     reason: str  # bad_magic_byte | unknown_schema_id | truncated | wrong_type | rule_violation
     detail: str
-    rule: str = ""
+    rule: str = ""  # for rule_violation: the name of the broken rule (pipelines.contracts.rules.RULES)
 
 
 @dataclass
@@ -44,9 +47,9 @@ class Enricher:
     """Merchant attributes from the merchant dimension, amounts in the reporting currency."""
 
     def __init__(self, reference: ReferenceData) -> None:
-        ids = list(reference.merchants)
         ms = list(reference.merchants.values())
-        self.merchant_ids = pa.array(ids, pa.string())
+        self.sets = ReferenceSets.from_reference(reference)  # the contract's value sets, built once too
+        self.merchant_ids = self.sets.merchant_ids
         self.merchant_names = pa.array([m.name for m in ms], pa.string())
         self.merchant_segments = pa.array([m.segment for m in ms], pa.string())
         self.merchant_currency = pa.array([m.currency for m in ms], pa.string())
@@ -56,8 +59,16 @@ class Enricher:
         # minor units of the currency → minor units of the reporting currency
         self.fx_factor = np.array([r.rate * 10.0 ** (rep_exp - r.exponent) for r in fx.values()], dtype=np.float64)
 
-    def enrich(self, merchant_id: pa.Array, currency: pa.Array, amount_minor: np.ndarray) -> dict[str, Any]:
-        idx = pc.index_in(merchant_id, value_set=self.merchant_ids)
+    def enrich(
+        self,
+        merchant_id: pa.Array,
+        currency: pa.Array,
+        amount_minor: np.ndarray,
+        *,
+        merchant_index: pa.Array | None = None,
+    ) -> dict[str, Any]:
+        """The enrichment columns; `merchant_index` is `merchant_id`'s lookup if the caller has it already."""
+        idx = pc.index_in(merchant_id, value_set=self.merchant_ids) if merchant_index is None else merchant_index
         fx_idx = pc.index_in(currency, value_set=self.fx_currencies)
         factor = self.fx_factor[pc.fill_null(fx_idx, 0).to_numpy(zero_copy_only=False)]
         factor = np.where(pc.is_null(fx_idx).to_numpy(zero_copy_only=False), 0.0, factor)
@@ -84,7 +95,8 @@ def score(
     s += 0.2 * device_missing * pc.equal(channel, "ECOM").to_numpy(zero_copy_only=False)
     s += 0.15 * pc.equal(channel, "MOTO").to_numpy(zero_copy_only=False)
     s += 0.15 * pc.equal(status, "DECLINED").to_numpy(zero_copy_only=False)
-    return np.clip(s, 0.0, 1.0).astype(np.float32)
+    clipped: np.ndarray = np.clip(s, 0.0, 1.0).astype(np.float32)
+    return clipped
 
 
 def transform(
@@ -107,44 +119,23 @@ def transform_table(
     if n == 0:
         return Chunk(None, np.empty(0, dtype=np.int64))
     table = table.combine_chunks()
-    amount = table["amount_minor"].to_numpy()
-    event_ms = pc.cast(table["event_time"], pa.int64()).to_numpy()
-    currency = table["currency"]
-
-    bad_amount = (amount < rules.min_amount_minor) | (amount > rules.max_amount_minor)
-    bad_currency = ~pc.is_in(currency, value_set=pa.array(rules.currencies)).to_numpy(zero_copy_only=False)
-    bad_future = event_ms > now_ms + rules.max_future_s * 1000
-    bad_past = event_ms < now_ms - rules.max_past_days * 86_400_000
-    bad = bad_amount | bad_currency | bad_future | bad_past
-    rejected: list[Rejected] = []
-    if bad.any():
-        for i in np.flatnonzero(bad).tolist():
-            if bad_amount[i]:
-                rule, detail = (
-                    "amount_range",
-                    f"amount_minor={int(amount[i])} outside [{rules.min_amount_minor}, {rules.max_amount_minor}]",
-                )
-            elif bad_currency[i]:
-                rule, detail = (
-                    "known_currency",
-                    f"currency {currency[i].as_py()!r} is not one of pipeline.rules.currencies",
-                )
-            elif bad_future[i]:
-                rule, detail = "event_time_future", f"event_time {event_ms[i]} is more than {rules.max_future_s}s ahead"
-            else:
-                rule, detail = "event_time_past", f"event_time {event_ms[i]} is older than {rules.max_past_days} days"
-            rejected.append(Rejected(int(positions[i]), RULE_VIOLATION, detail, rule))
-        keep = ~bad
-        table = table.filter(pa.array(keep))
-        amount, event_ms = amount[keep], event_ms[keep]
-        currency = table["currency"]
+    verdict = check_contract(table, rules=rules, sets=enricher.sets, now_ms=now_ms)
+    rejected = [Rejected(int(positions[i]), RULE_VIOLATION, detail, rule) for i, rule, detail in verdict.rejected]
+    merchant_index, flagged = verdict.merchant_index, verdict.flagged
+    if rejected:
+        keep = verdict.keep
+        mask = pa.array(keep)
+        table = table.filter(mask)
+        merchant_index = merchant_index.filter(mask)
+        flagged = flagged[keep]
         positions = positions[keep]
     if table.num_rows == 0:
         return Chunk(None, positions, rejected)
 
-    col = {name: table[name].combine_chunks() for name in table.column_names}
+    col = {name: column_array(table, name) for name in table.column_names}
     currency = col["currency"]
-    extra = enricher.enrich(col["merchant_id"], currency, amount)
+    amount = col["amount_minor"].to_numpy()
+    extra = enricher.enrich(col["merchant_id"], currency, amount, merchant_index=merchant_index)
     cross_border = pc.not_equal(currency, extra["merchant_currency"]).to_numpy(zero_copy_only=False).astype(np.float64)
     risk = score(
         amount_reporting_minor=extra["amount_reporting_minor"],
@@ -171,6 +162,21 @@ def transform_table(
             "status": col["status"],
             **{f: col[f] for f in NULLABLE_FIELDS},
             "risk_score": pa.array(risk, pa.float32()),
+            "contract_flags": _flags_column(flagged),
         }
     )
     return Chunk(out, positions, rejected)
+
+
+_FLAGS_TYPE = pa.list_(pa.string())
+
+
+def _flags_column(flagged: np.ndarray) -> pa.Array:
+    """`contract_flags`: ['known_merchant'] for a row kept under unknown_merchant: flag, [] for the rest.
+
+    Built from offsets, without a Python list per row: a clean batch is one zeroed offsets buffer.
+    """
+    offsets = np.zeros(len(flagged) + 1, dtype=np.int32)
+    np.cumsum(flagged, out=offsets[1:])
+    values = pa.array(np.full(int(offsets[-1]), KNOWN_MERCHANT, dtype=object), pa.string())
+    return pa.ListArray.from_arrays(pa.array(offsets), values, type=_FLAGS_TYPE)
