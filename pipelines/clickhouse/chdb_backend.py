@@ -24,6 +24,9 @@ from pipelines.clickhouse.capabilities import Capabilities
 from pipelines.clickhouse.sql import literal, quote_identifier
 from pipelines.errors import StoreError
 
+# A ClickHouse server config (XML) inside PATH that the engine loads when the file exists: where
+# the disks and storage policies of tiered tables are declared (`nova tier-migrate` writes it).
+ENGINE_CONFIG = "engine-config.xml"
 # path → number of open stores in this process (the engine is shared between them).
 _open_paths: dict[str, int] = {}
 _open_lock = threading.Lock()
@@ -96,6 +99,10 @@ class ChdbStore(Store):
             "format_schema_path": base / "format_schemas",
             "user_scripts_path": base / "user_scripts",
         }
+        # Disks and storage policies live in a server config; once a table uses one, every
+        # process opening PATH must load the same file, so its presence alone decides.
+        if (base / ENGINE_CONFIG).exists():
+            options["config-file"] = base / ENGINE_CONFIG
         self._conn_str = key + "?" + "&".join(f"{k}={v}" for k, v in options.items())
         with _open_lock:
             if path is not None:
@@ -227,7 +234,7 @@ class ChdbStore(Store):
                 conn.query(sql, "TabSeparated")
         except Exception as exc:
             raise _translate(exc, f"insert into {db}.{name} failed: ") from None
-        return data.num_rows
+        return int(data.num_rows)
 
     def _insert_columns(
         self, target: str, db: str, name: str, columns: dict[str, Sequence[Any]], settings: dict[str, Any] | None

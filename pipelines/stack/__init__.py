@@ -10,9 +10,10 @@ ports (the tests' own, say) run side by side.
 The embedded ClickHouse (chdb) is not a process: `status` only reports its path, and this
 module never opens it (only one process may hold a chdb path).
 
-clickhouse-server is optional. `up --with clickhouse-server` starts it and records the
-request in `state_dir/stack.json`; later plain `up`s (after a `down`, too) start it again, and
-`status` counts it as expected, until `up --without clickhouse-server` stops and forgets it.
+clickhouse-server and SeaweedFS (the cold tier's S3) are optional. `up --with clickhouse-server`
+starts it and records the request in `state_dir/stack.json`; later plain `up`s (after a `down`,
+too) start it again, and `status` counts it as expected, until `up --without clickhouse-server`
+stops and forgets it. `--with seaweedfs` works the same way.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pipelines.stack._proc import Progress
 from pipelines.stack.clickhouse_server import ClickHouseServer
 from pipelines.stack.kafka import Kafka, jar_cache_dir
 from pipelines.stack.postgres import Postgres
+from pipelines.stack.seaweedfs import SeaweedFS
 from pipelines.urls import redact_url
 
 __all__ = [
@@ -50,8 +52,10 @@ __all__ = [
     "stack_up",
 ]
 
-SERVICES = ("kafka", "postgres", "clickhouse-server")
-OPTIONAL_SERVICES = ("clickhouse-server",)
+SERVICES = ("kafka", "postgres", "clickhouse-server", "seaweedfs")
+OPTIONAL_SERVICES = ("clickhouse-server", "seaweedfs")
+# optional service → its key in stack.json
+_REQUEST_KEYS = {"clickhouse-server": "clickhouse_server", "seaweedfs": "seaweedfs"}
 _STATE_FILE = "stack.json"
 
 
@@ -60,7 +64,12 @@ def _no_progress(_message: str) -> None:
 
 
 def _services(settings: Settings) -> dict[str, Service]:
-    return {"kafka": Kafka(settings), "postgres": Postgres(settings), "clickhouse-server": ClickHouseServer(settings)}
+    return {
+        "kafka": Kafka(settings),
+        "postgres": Postgres(settings),
+        "clickhouse-server": ClickHouseServer(settings),
+        "seaweedfs": SeaweedFS(settings),
+    }
 
 
 def _read_state(settings: Settings) -> dict[str, bool]:
@@ -76,8 +85,8 @@ def _write_state(settings: Settings, state: dict[str, bool]) -> None:
     _proc.write_if_changed(settings.state_dir / _STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
-def _clickhouse_server_requested(settings: Settings) -> bool:
-    return bool(_read_state(settings).get("clickhouse_server", False))
+def _requested(settings: Settings, service: str) -> bool:
+    return bool(_read_state(settings).get(_REQUEST_KEYS[service], False))
 
 
 def _lock(settings: Settings, progress: Progress) -> contextlib.AbstractContextManager[None]:
@@ -89,26 +98,34 @@ def _lock(settings: Settings, progress: Progress) -> contextlib.AbstractContextM
 
 
 def stack_up(
-    *, settings: Settings, with_clickhouse_server: bool | None = None, progress: Progress | None = None
+    *,
+    settings: Settings,
+    with_clickhouse_server: bool | None = None,
+    with_seaweedfs: bool | None = None,
+    progress: Progress | None = None,
 ) -> list[ServiceStatus]:
     """Start whatever is not running, wait until every service is healthy; return their status.
 
-    `with_clickhouse_server`: True starts clickhouse-server and remembers it, False stops and
-    forgets it, None (default) keeps what an earlier `up` asked for. Raises `StackError`.
+    `with_clickhouse_server` / `with_seaweedfs`: True starts that optional service and remembers
+    it, False stops and forgets it, None (default) keeps what an earlier `up` asked for. Raises
+    `StackError`.
     """
     say = progress or _no_progress
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with _lock(settings, say):
         state = _read_state(settings)
-        if with_clickhouse_server is not None:
-            state["clickhouse_server"] = with_clickhouse_server
-            _write_state(settings, state)
+        choices = {"clickhouse-server": with_clickhouse_server, "seaweedfs": with_seaweedfs}
+        for service, choice in choices.items():
+            if choice is not None:
+                state[_REQUEST_KEYS[service]] = choice
+                _write_state(settings, state)
         services = _services(settings)
-        if not state.get("clickhouse_server", False):
-            ch = services.pop("clickhouse-server")
-            if with_clickhouse_server is False and ch.running_pid() is not None:
-                say("stopping clickhouse-server (--without clickhouse-server)…")
-                ch.stop()
+        for service, choice in choices.items():
+            if not state.get(_REQUEST_KEYS[service], False):
+                optional = services.pop(service)
+                if choice is False and optional.running_pid() is not None:
+                    say(f"stopping {service} (--without {service})…")
+                    optional.stop()
 
         pids = {name: svc.running_pid() for name, svc in services.items()}
         to_start = [name for name, pid in pids.items() if pid is None]
@@ -187,7 +204,7 @@ def stack_down(*, settings: Settings, progress: Progress | None = None) -> list[
         return [svc.row("stopped", None, detail="was not running") for svc in _services(settings).values()]
     with _lock(settings, say):
         rows = []
-        for name in ("clickhouse-server", "kafka", "postgres"):
+        for name in ("seaweedfs", "clickhouse-server", "kafka", "postgres"):
             svc = _services(settings)[name]
             if svc.running_pid() is not None:
                 say(f"stopping {name}…")
@@ -211,12 +228,15 @@ def stack_down(*, settings: Settings, progress: Progress | None = None) -> list[
 def stack_status(*, settings: Settings) -> list[ServiceStatus]:
     """Each service's state (healthy / unhealthy / stopped), pid, address, data dir; plus embedded chdb."""
     services = _services(settings)
-    requested = _clickhouse_server_requested(settings)
     rows = [services["kafka"].status(), services["postgres"].status()]
-    ch = services["clickhouse-server"].status(expected=requested)
-    if not requested and ch.state == "stopped":
-        ch = dataclasses.replace(ch, detail="not requested (nova stack up --with clickhouse-server)")
-    rows.append(ch)
+    for service in OPTIONAL_SERVICES:
+        requested = _requested(settings, service)
+        row = services[service].status(expected=requested)
+        if not requested and row.state == "stopped":
+            if service == "seaweedfs":
+                continue  # the cold tier's store: listed once asked for, so stacks without it look as before
+            row = dataclasses.replace(row, detail=f"not requested (nova stack up --with {service})")
+        rows.append(row)
     rows.append(_clickhouse_row(settings))
     return rows
 
