@@ -6,7 +6,7 @@ NOVA    = $(BIN)/nova
 STAMP   = $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help install stack demo test test-all test-unit lint bench clean
+.PHONY: help install stack browser demo test test-all test-unit lint bench clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install nova with its dev tools
 
-stack: install ## Start Kafka, PostgreSQL and clickhouse-server (idempotent)
-	$(NOVA) stack up --with clickhouse-server
+stack: install ## Start Kafka, PostgreSQL, clickhouse-server and SeaweedFS (idempotent)
+	$(NOVA) stack up --with clickhouse-server --with seaweedfs
 
 DEMO_EVENTS ?= 1000000
 DEMO_RATE   ?= 50000
@@ -38,11 +38,14 @@ demo: install ## Fresh machine → stack up, provision, generate 1M events while
 	$(NOVA) query "$(TOP_MERCHANTS)"
 	$(NOVA) status
 
-test: stack ## Run the test suite against the real services (chaos tests in their bounded form)
+browser: ## Debian's headless Chromium, which the report tests render pages in
+	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
+
+test: stack browser ## Run the test suite against the real services (chaos tests in their bounded form)
 	$(BIN)/python -m pytest -m "not long"
 
-test-all: stack ## Everything, including the long chaos runs (many stall/kill rounds)
-	NOVA_TEST_LONG=1 $(BIN)/python -m pytest
+test-all: stack browser ## Everything, including the long chaos runs (many stall/kill rounds)
+	CHAOS_LONG=1 $(BIN)/python -m pytest
 
 test-unit: install ## Only the tests that need no service
 	$(BIN)/python -m pytest -m "not integration and not server"

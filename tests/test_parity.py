@@ -670,16 +670,17 @@ def test_html_report(sides: Sides, tmp_path: Path) -> None:
     assert {"summary", "chart", "segments", "rows"} <= parsed.ids
     assert expected[0]["transaction_id"] in page and "2024-03-05T04:30:15Z" in page
     assert "<script" not in page.lower()
-    # Where a browser is installed, it must render the page (offline) to an image.
+    # Chromium must render the page (offline) to an image; `make test` installs Debian's chromium.
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    if browser:
-        png = tmp_path / "parity.png"
-        subprocess.run(
-            [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}", "--window-size=1280,1600",
-             out.as_uri()],
-            capture_output=True, timeout=120, check=False,
-        )  # fmt: skip
-        assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert browser, "chromium is missing: apt-get install -y chromium (make test does)"
+    png = tmp_path / "parity.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
+         f"--screenshot={png}", "--window-size=1280,1600", out.as_uri()],
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 class _Page(HTMLParser):
