@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cli import _common
 
@@ -31,22 +32,22 @@ def show_cmd(
     if json_out:
         _common.print_json(asdict(summary))
         return
-    counts = Table(title=f"dead letters in {summary.topic}: {summary.unique:,}", title_justify="left")
+    cell = _common.cell
+    counts = Table(title=f"dead letters in {escape(summary.topic)}: {summary.unique:,}", title_justify="left")
     counts.add_column("reason")
     counts.add_column("events", justify="right")
     for r, n in sorted(summary.by_reason.items(), key=lambda kv: -kv[1]):
-        counts.add_row(r, f"{n:,}")
+        counts.add_row(cell(r), f"{n:,}")
     for rule, n in sorted(summary.by_rule.items(), key=lambda kv: -kv[1]):
-        counts.add_row(f"  rule {rule}", f"{n:,}")
+        counts.add_row(cell(f"  rule {rule}"), f"{n:,}")
     _common.out.print(counts)
     if summary.samples:
         sample = Table(title="samples", title_justify="left")
         for col in ("reason", "source", "detail"):
             sample.add_column(col, overflow="fold")
         for s in summary.samples:
-            sample.add_row(
-                s["reason"], f"{s['source_topic']}/{s['source_partition']}@{s['source_offset']}", s["detail"]
-            )
+            source = f"{s['source_topic']}/{s['source_partition']}@{s['source_offset']}"
+            sample.add_row(cell(s["reason"]), cell(source), cell(s["detail"]))
         _common.out.print(sample)
 
 
@@ -62,7 +63,7 @@ def export_cmd(
     from pipelines.ops.dlq import export
 
     n = export(settings=_common.settings(), out=out, reason=reason)
-    _common.err.print(f"exported {n:,} dead letter(s) to {out}")
+    _common.err.print(f"exported {n:,} dead letter(s) to {escape(str(out))}")
 
 
 @app.command("republish")
@@ -81,4 +82,4 @@ def republish_cmd(
     settings = _common.settings()
     _common.confirm_or_abort(f"re-publish dead letters to '{settings.pipeline.topic}'?", yes=yes)
     n = republish(settings=settings, file=file, reason=reason, original=original)
-    _common.err.print(f"[green]re-published[/] {n:,} event(s) to {settings.pipeline.topic}")
+    _common.err.print(f"[green]re-published[/] {n:,} event(s) to {escape(settings.pipeline.topic)}")

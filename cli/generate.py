@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from cli import _common
 from pipelines.errors import UsageError
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from pipelines.synth import GenerateReport
 
 app = typer.Typer()
 
@@ -39,10 +45,10 @@ def _iso(ms: int | None) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def format_report(report: Any):  # type: ignore[no-untyped-def]
+def format_report(report: GenerateReport) -> Table:
     from rich.table import Table
 
-    table = Table(title=f"generated into {report.topic}", title_justify="left", show_header=False)
+    table = Table(title=f"generated into {escape(report.topic)}", title_justify="left", show_header=False)
     table.add_column("metric")
     table.add_column("value", justify="right")
     table.add_row("messages produced (acknowledged)", f"{report.produced:,}")
@@ -108,7 +114,7 @@ def generate_cmd(
     Example: nova generate --count 100000 --rate 20000 --malformed truncated=10 --malformed rule_violation=5
     """
     from pipelines.instants import epoch_ms, parse_instant
-    from pipelines.synth.generate import generate
+    from pipelines.synth import generate
 
     if (count is None) == (duration is None):
         raise UsageError("give exactly one of --count or --duration", hint="e.g. nova generate --count 10000")
@@ -116,9 +122,17 @@ def generate_cmd(
         raise UsageError("--start needs --spread-days", hint="e.g. --start 2024-05-01 --spread-days 7")
     start_ms = epoch_ms(parse_instant(start, option="--start")) if start is not None else None
     mix = parse_malformed(malformed)
+    if topic is not None:
+        _common.kafka_name(topic, option="--topic")
     settings = _common.settings()
     total = None if count is None else count + sum(mix.values())
-    with _Progress(total=total, duration=duration) as on_progress:
+
+    def on_progress(produced: int, elapsed: float) -> None:
+        # By count the bar measures messages; by duration it measures seconds (and counts messages).
+        done = produced if total is not None else min(elapsed, duration or elapsed)
+        bars.update("generate", done, total if total is not None else duration, count=produced)
+
+    with _common.Progress("msgs") as bars:
         report = generate(
             settings=settings, count=count, duration_s=duration, rate=rate, seed=seed, topic=topic,
             malformed=mix, start_ms=start_ms, spread_days=spread_days, on_progress=on_progress,
@@ -127,41 +141,3 @@ def generate_cmd(
         _common.print_json(report.to_dict())
     else:
         _common.out.print(format_report(report))
-
-
-class _Progress:
-    """A rich progress bar on stderr (events, events/s, ETA); a no-op callback when stderr isn't a terminal."""
-
-    def __init__(self, *, total: int | None, duration: float | None) -> None:
-        self.total, self.duration = total, duration
-        self.bar: Any = None
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if not _common.err.is_terminal:
-            return None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]generate[/]"),
-            BarColumn(),
-            TextColumn("{task.fields[events]:>12,} msgs"),
-            TextColumn("{task.fields[speed]:>10,.0f}/s"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=_common.err,
-            transient=False,
-        )
-        self.bar.start()
-        # by count the bar measures messages; by duration it measures seconds
-        self.task = self.bar.add_task("generate", total=self.total or self.duration, events=0, speed=0.0)
-        return self._update
-
-    def _update(self, produced: int, elapsed: float) -> None:
-        done = produced if self.total is not None else min(elapsed, self.duration or elapsed)
-        speed = produced / elapsed if elapsed > 0 else 0.0
-        self.bar.update(self.task, completed=done, events=produced, speed=speed)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from cli import _common
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from pipelines.dualrun.seed import SeedResult
 
 app = typer.Typer(
     name="legacy",
@@ -15,10 +21,10 @@ app = typer.Typer(
 )
 
 
-def format_seed(result: Any) -> Any:
+def format_seed(result: SeedResult) -> Table:
     from rich.table import Table
 
-    table = Table(title=f"seeded {result.schema}.card_txn", title_justify="left", show_header=False)
+    table = Table(title=f"seeded {escape(result.schema)}.card_txn", title_justify="left", show_header=False)
     table.add_column("what", style="bold")
     table.add_column("value")
     table.add_row("rows", f"{result.rows:,}")
@@ -55,41 +61,17 @@ def seed_cmd(
 
     Example: nova legacy seed --days 7 --rows 1000000 --seed 42 --truncate
     """
-    from pipelines.dualrun.legacy import seed_legacy
+    from pipelines.dualrun.seed import seed_legacy
     from pipelines.instants import parse_day
 
     end = None if until is None else parse_day(until, option="--until")
     settings = _common.settings()
-    with _Progress(rows) as on_progress:
+    with _common.Progress("rows") as bars:
         result = seed_legacy(
-            settings=settings, days=days, rows=rows, seed=seed, truncate=truncate, end=end, on_progress=on_progress
-        )
+            settings=settings, days=days, rows=rows, seed=seed, truncate=truncate, end=end,
+            on_progress=lambda done, total: bars.update("seed", done, total),
+        )  # fmt: skip
     if json_out:
         _common.print_json(result.as_dict())
     else:
         _common.out.print(format_seed(result))
-
-
-class _Progress:
-    """Rows loaded, rows/s, ETA on stderr; a no-op when stderr is not a terminal."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.bar: Any = None
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if not _common.err.is_terminal:
-            return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]seed[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
-            TimeRemainingColumn(), console=_common.err,
-        )  # fmt: skip
-        self.bar.start()
-        self.task = self.bar.add_task("seed", total=self.total)
-        return lambda done, _total: self.bar.update(self.task, completed=done)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

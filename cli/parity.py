@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
 from cli import _common
 
@@ -74,12 +75,14 @@ def parity_check_cmd(
 
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(render_report(result), encoding="utf-8")
-        _common.err.print(f"[dim]report written to {report}[/]")
+        _common.err.print(f"[dim]report written to {escape(str(report))}[/]")
     if as_json:
         _common.print_json(format_json(result))
     else:
-        _common.out.print(format_summary(result))
+        # The cells hold warehouse data (merchant ids, values): markup=False shows them as they are
+        # (the tables' titles keep their styles).
+        _common.out.print(format_summary(result), markup=False)
         if result.rows or result.rows_truncated:
-            _common.out.print(format_rows(result))
-    _common.err.print(f"[dim]{format_timings(result)}[/]")
+            _common.out.print(format_rows(result), markup=False)
+    _common.err.print(f"[dim]{escape(format_timings(result))}[/]")
     raise_if_mismatch(result)

@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
+from rich.markup import escape
 
 from cli import _common
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from pipelines.ops.provision import Plan, PlanItem
 
 app = typer.Typer()
 
 _STYLE = {"create": "green", "change": "yellow", "unchanged": "dim", "refused": "bold red"}
 
 
-def format_plan(plan):  # type: ignore[no-untyped-def]
+def format_plan(plan: Plan) -> Table:
     from rich.table import Table
 
     table = Table(title="provision plan", title_justify="left")
@@ -19,10 +27,14 @@ def format_plan(plan):  # type: ignore[no-untyped-def]
         table.add_column(col)
     for item in plan.items:
         style = _STYLE[item.action]
-        table.add_row(item.kind, item.name, f"[{style}]{item.action}[/]", item.detail)
+        table.add_row(item.kind, _common.cell(item.name), f"[{style}]{item.action}[/]", _common.cell(item.detail))
     counts = plan.counts()
     table.caption = ", ".join(f"{n} {k}" for k, n in counts.items() if n)
     return table
+
+
+def _applied(item: PlanItem) -> None:
+    _common.err.print(f"[green]✓[/] {item.action} {item.kind} {escape(item.name)}")
 
 
 @app.command("provision")
@@ -37,7 +49,9 @@ def provision_cmd(
     """Create or reconcile topics, schema subjects, the ClickHouse database, tables and views.
 
     Idempotent: a second run reports every object unchanged. Never deletes data or shrinks
-    partitions; such changes are refused (exit 1) and nothing is changed.
+    partitions; such changes are refused (exit 1) and nothing is changed. Everything that can be
+    checked is checked before the first change: the names the specs produce (exit 2), that Kafka,
+    the schema registry and ClickHouse answer, and that ClickHouse parses every statement.
 
     Example: nova provision --dry-run && nova provision --yes
     """
@@ -59,5 +73,5 @@ def provision_cmd(
                 _common.err.print("[green]everything is up to date[/]")
             return
         _common.confirm_or_abort(f"apply {len(plan.changes)} change(s)?", yes=yes)
-        apply_plan(plan, on_item=lambda i: _common.err.print(f"[green]✓[/] {i.action} {i.kind} {i.name}"))
+        apply_plan(plan, on_item=_applied)
     _common.err.print(f"[green]provisioned[/] {len(plan.changes)} change(s)")

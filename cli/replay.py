@@ -3,27 +3,34 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
+from rich.markup import escape
 
 from cli import _common
+
+if TYPE_CHECKING:
+    from rich.console import Group, RenderableType
+
+    from pipelines.dualrun.replay import ReplayReport
 
 app = typer.Typer()
 
 
-def format_report(report: Any) -> Any:
+def format_report(report: ReplayReport) -> Group:
     from rich.console import Group
     from rich.table import Table
 
-    summary = Table(title=f"replay job {report.job}", title_justify="left", show_header=False)
+    cell = _common.cell
+    summary = Table(title=f"replay job {escape(report.job)}", title_justify="left", show_header=False)
     summary.add_column("what", style="bold")
     summary.add_column("value", overflow="fold")
-    summary.add_row("source", report.source)
-    summary.add_row("range (UTC)", f"[{report.since.isoformat()}, {report.until.isoformat()})")
-    summary.add_row("topic", f"{report.topic} (schema id {report.schema_id})")
+    summary.add_row("source", cell(report.source))
+    summary.add_row("range (UTC)", cell(f"[{report.since.isoformat()}, {report.until.isoformat()})"))
+    summary.add_row("topic", cell(f"{report.topic} (schema id {report.schema_id})"))
     if report.resumed_from is not None:
-        summary.add_row("resumed", f"after {report.resumed_from[1]}")
+        summary.add_row("resumed", cell(f"after {report.resumed_from[1]}"))
     summary.add_row("rows read", f"{report.read:,}")
     summary.add_row("produced", f"{report.produced:,}")
     summary.add_row("rejected", f"{sum(report.rejected.values()):,}")
@@ -33,14 +40,15 @@ def format_report(report: Any) -> Any:
         summary.add_row(
             "job totals", f"{report.job_read:,} read, {report.job_produced:,} produced, {rejected:,} rejected"
         )
-    parts: list[Any] = [summary]
+    parts: list[RenderableType] = [summary]
     if report.rejected:
-        rejects = Table(title=f"rejected rows (all in {report.reject_file})", title_justify="left")
+        rejects = Table(title=f"rejected rows (all in {escape(str(report.reject_file))})", title_justify="left")
         for col in ("reason", "rows", "example"):
             rejects.add_column(col, overflow="fold")
         for reason, n in report.rejected.most_common():
             samples = report.samples.get(reason) or [{}]
-            rejects.add_row(reason, f"{n:,}", f"{samples[0].get('txn_ref', '')}: {samples[0].get('detail', '')}")
+            example = f"{samples[0].get('txn_ref', '')}: {samples[0].get('detail', '')}"
+            rejects.add_row(cell(reason), f"{n:,}", cell(example))
         parts.append(rejects)
     return Group(*parts)
 
@@ -83,57 +91,19 @@ def replay_cmd(
     from pipelines.dualrun.replay import replay
     from pipelines.instants import parse_instant
 
+    if topic is not None:
+        _common.kafka_name(topic, option="--topic")
+    _common.kafka_name(checkpoint_topic, option="--checkpoint-topic")
     settings = _common.settings()
-    with _Progress() as on_progress:
+    # Two stages: sorting file exports (if any), then replaying rows.
+    with _common.Progress("rows") as bars:
         report = replay(
             settings=settings, source=source, since=parse_instant(since, option="--since"),
             until=parse_instant(until, option="--until"), topic=topic, rate=rate, resume=resume, restart=restart,
             reject_file=reject_file, checkpoint_topic=checkpoint_topic, batch_rows=batch,
-            on_progress=on_progress, on_notice=lambda m: _common.err.print(f"[yellow]{m}[/]"),
+            on_progress=bars.update, on_notice=lambda m: _common.err.print(f"[yellow]{escape(m)}[/]"),
         )  # fmt: skip
     if json_out:
         _common.print_json(report.as_dict())
     else:
         _common.out.print(format_report(report))
-
-
-class _Progress:
-    """Two stages on stderr: sorting file exports (if any), then replaying rows with rows/s and ETA."""
-
-    def __init__(self) -> None:
-        self.bar: Any = None
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self):  # type: ignore[no-untyped-def]
-        if not _common.err.is_terminal:
-            return None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            ProgressColumn,
-            TaskProgressColumn,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-        from rich.text import Text
-
-        class RateColumn(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                return Text(f"{task.speed or 0:>9,.0f} rows/s")
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description:>6}[/]"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn(),
-            RateColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=_common.err,
-        )  # fmt: skip
-        self.bar.start()
-        return self._update
-
-    def _update(self, stage: str, done: int, total: int | None) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total)
-        self.bar.update(self.tasks[stage], completed=done, total=total)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
-from cli._common import err, out, print_json, settings
+from cli._common import cell, err, out, print_json, settings
 from pipelines.errors import UsageError
 
 if TYPE_CHECKING:
@@ -49,13 +51,14 @@ def format_status_table(rows: Sequence[ServiceStatus], *, root: Path | None = No
         style = _STATE_STYLE.get(row.state, "")
         if row.state == "stopped" and not row.expected:
             style = "dim"
+        detail = row.detail.replace(str(row.data_dir), _short(row.data_dir, root)) if row.data_dir else row.detail
         table.add_row(
-            row.name,
-            f"[{style}]{row.state}[/]" if style else row.state,
+            cell(row.name),
+            Text(row.state, style=style),
             str(row.pid) if row.pid is not None else "-",
-            row.address,
-            _short(row.data_dir, root),
-            row.detail.replace(str(row.data_dir), _short(row.data_dir, root)) if row.data_dir else row.detail,
+            cell(row.address),
+            cell(_short(row.data_dir, root)),
+            cell(detail),
         )
     return table
 
@@ -65,9 +68,9 @@ def _progress(first: str) -> Iterator[Callable[[str], None]]:
     """A spinner on stderr; without a terminal (CI logs) each step is printed on its own line."""
     if err.is_terminal:
         with err.status(first) as status:
-            yield lambda message: status.update(message)
+            yield lambda message: status.update(escape(message))
     else:
-        yield lambda message: err.print(f"[dim]{message}[/]")
+        yield lambda message: err.print(f"[dim]{escape(message)}[/]")
 
 
 def _optional_services(names: Sequence[str], option: str) -> set[str]:
@@ -76,7 +79,7 @@ def _optional_services(names: Sequence[str], option: str) -> set[str]:
     unknown = sorted(set(names) - set(OPTIONAL_SERVICES))
     if unknown:
         raise UsageError(
-            f"{option} {unknown[0]}: not an optional service", hint=f"choose {', '.join(OPTIONAL_SERVICES)}"
+            f"{option} {unknown[0]!r}: not an optional service", hint=f"choose {', '.join(OPTIONAL_SERVICES)}"
         )
     return set(names)
 
@@ -84,7 +87,10 @@ def _optional_services(names: Sequence[str], option: str) -> set[str]:
 @app.command()
 def up(
     with_: list[str] = typer.Option(
-        [], "--with", metavar="SERVICE", help="Also start an optional service (clickhouse-server), and remember it."
+        [],
+        "--with",
+        metavar="SERVICE",
+        help="Also start an optional service (clickhouse-server, seaweedfs), and remember it.",
     ),
     without: list[str] = typer.Option(
         [], "--without", metavar="SERVICE", help="Stop an optional service and forget an earlier --with."
@@ -101,10 +107,18 @@ def up(
     wanted, unwanted = _optional_services(with_, "--with"), _optional_services(without, "--without")
     if wanted & unwanted:
         raise UsageError(f"both --with and --without {sorted(wanted & unwanted)[0]}", hint="pick one")
-    choice = True if "clickhouse-server" in wanted else False if "clickhouse-server" in unwanted else None
+
+    def choice(service: str) -> bool | None:
+        return True if service in wanted else False if service in unwanted else None
+
     started = time.monotonic()
     with _progress("starting the stack…") as progress:
-        rows = stack_up(settings=settings(), with_clickhouse_server=choice, progress=progress)
+        rows = stack_up(
+            settings=settings(),
+            with_clickhouse_server=choice("clickhouse-server"),
+            with_seaweedfs=choice("seaweedfs"),
+            progress=progress,
+        )
     out.print(format_status_table(rows, root=settings().root))
     err.print(f"[green]stack up[/] in {time.monotonic() - started:.1f}s")
 
@@ -121,7 +135,8 @@ def down() -> None:
     with _progress("stopping the stack…") as progress:
         rows = stack_down(settings=settings(), progress=progress)
     out.print(format_status_table(rows, root=settings().root))
-    err.print(f"[green]stack down[/] in {time.monotonic() - started:.1f}s; data kept in {settings().state_dir}")
+    kept = escape(str(settings().state_dir))
+    err.print(f"[green]stack down[/] in {time.monotonic() - started:.1f}s; data kept in {kept}")
 
 
 @app.command()
@@ -143,13 +158,13 @@ def status(json_: bool = typer.Option(False, "--json", help="Print JSON instead 
     failing = [row for row in rows if not row.ok]
     if failing:
         names = ", ".join(f"{row.name} ({row.state})" for row in failing)
-        err.print(f"[red]not healthy:[/] {names}; start with nova stack up, or see nova stack logs SERVICE")
+        err.print(f"[red]not healthy:[/] {escape(names)}; start with nova stack up, or see nova stack logs SERVICE")
         raise typer.Exit(1)
 
 
 @app.command()
 def logs(
-    service: str = typer.Argument(..., help="kafka, postgres or clickhouse-server."),
+    service: str = typer.Argument(..., help="kafka, postgres, clickhouse-server or seaweedfs."),
     lines: int = typer.Option(50, "--lines", "-n", min=0, help="How many lines from the end."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C to stop)."),
 ) -> None:
@@ -160,7 +175,7 @@ def logs(
     from pipelines.stack import follow_log, read_log_tail, service_log
 
     path = service_log(settings=settings(), service=service)
-    err.print(f"[dim]{path}[/]")
+    err.print(f"[dim]{escape(str(path))}[/]")
     _print_lines(read_log_tail(path, lines=lines))
     if follow:
         try:

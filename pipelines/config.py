@@ -12,11 +12,12 @@ Values are parsed as YAML scalars, so `NOVA_PIPELINE__BATCH_MAX_ROWS=1000` is an
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pipelines.errors import ConfigError
 
@@ -24,6 +25,56 @@ ENV_PREFIX = "NOVA_"
 # Variables with the prefix that are not overrides of a key.
 _ENV_RESERVED = {"NOVA_CONFIG", "NOVA_HOME"}
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+# Names that end up inside SQL or Kafka requests are checked on load, so a bad one is a config
+# error (exit 2) before anything is created, never a statement that fails half-way through
+# `nova provision`. SQL still quotes every identifier; the rules keep names portable too.
+_SQL_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# PostgreSQL truncates identifiers at 63 bytes, and ClickHouse refuses table names a little over
+# 200 characters (fewer in a long-named database): 63 leaves room for the suffixes of the tables
+# derived from pipeline.table (`_by_merchant_minute_mv`).
+SQL_IDENTIFIER_MAX: Final = 63
+_KAFKA_NAME: Final = re.compile(r"[a-zA-Z0-9._-]+")
+KAFKA_NAME_MAX: Final = 249  # Kafka's own limit: a partition's directory is `<topic>-<partition>`
+_SUBJECT_NAME: Final = re.compile(r"[a-zA-Z0-9._:-]+")
+SUBJECT_NAME_MAX: Final = 255
+
+
+def check_identifier(name: str, *, max_length: int = SQL_IDENTIFIER_MAX) -> str:
+    """`name` if it is a plain SQL identifier (ClickHouse database/table, PostgreSQL schema); else ValueError."""
+    if not _SQL_IDENTIFIER.fullmatch(name):
+        raise ValueError(
+            f"{name!r} is not a plain SQL identifier: it must match ^[A-Za-z_][A-Za-z0-9_]*$ "
+            "(a letter or _, then letters, digits or _)"
+        )
+    if len(name) > max_length:
+        raise ValueError(f"{name!r} is {len(name)} characters long; SQL identifiers here have at most {max_length}")
+    return name
+
+
+def check_kafka_name(name: str) -> str:
+    """`name` if Kafka accepts it as a topic (or consumer group) name; else ValueError."""
+    if not _KAFKA_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"{name!r} is not a valid Kafka name: it must match ^[a-zA-Z0-9._-]+$ and must not be '.' or '..'"
+        )
+    if len(name) > KAFKA_NAME_MAX:
+        raise ValueError(f"{name!r} is {len(name)} characters long; Kafka allows at most {KAFKA_NAME_MAX}")
+    return name
+
+
+def check_subject(name: str) -> str:
+    """`name` if it is a portable schema-registry subject (it goes into registry URLs and files); else ValueError."""
+    if not _SUBJECT_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a valid schema-registry subject: it must match ^[a-zA-Z0-9._:-]+$")
+    if len(name) > SUBJECT_NAME_MAX:
+        raise ValueError(f"{name!r} is {len(name)} characters long; subjects have at most {SUBJECT_NAME_MAX}")
+    return name
+
+
+Identifier = Annotated[str, AfterValidator(check_identifier)]
+KafkaName = Annotated[str, AfterValidator(check_kafka_name)]
+Subject = Annotated[str, AfterValidator(check_subject)]
 
 
 class _Section(BaseModel):
@@ -86,7 +137,9 @@ class ClickHouseSettings(_Section):
         "chdb://.nova/chdb",
         description="chdb://PATH (embedded, one process) or clickhouse://user:pass@host:port/db (native protocol).",
     )
-    database: str = Field("nova", description="Database holding nova's tables (wins over a database in the URL).")
+    database: Identifier = Field(
+        "nova", description="Database holding nova's tables (wins over a database in the URL)."
+    )
     connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for the native protocol.")
 
     @field_validator("url")
@@ -102,28 +155,41 @@ class LegacySettings(_Section):
         "postgresql://nova@127.0.0.1:15432/legacy",
         description="libpq DSN of the legacy batch warehouse (PostgreSQL).",
     )
-    schema_name: str = Field("legacy", alias="schema", description="Schema of the legacy tables.")
+    schema_name: Identifier = Field("legacy", alias="schema", description="Schema of the legacy tables.")
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class RulesSettings(_Section):
+    """The data contract's settings: what `pipelines/contracts/rules.py` lets into the transactions table."""
+
     min_amount_minor: int = Field(1, description="Smallest valid amount in minor units (amount > 0).")
     max_amount_minor: int = Field(10**11, description="Largest valid amount in minor units.")
     currencies: list[str] = Field(
         default_factory=lambda: ["EUR", "USD", "GBP", "CHF", "SEK", "PLN", "JPY"],
-        description="ISO 4217 currencies accepted.",
+        description="ISO 4217 currencies accepted; one without a rate in pipeline.fx_rates is refused too.",
     )
     max_future_s: int = Field(300, ge=0, description="Reject events whose time is further ahead than this.")
     max_past_days: int = Field(3650, ge=1, description="Reject events older than this.")
+    countries: str = Field(
+        "configs/reference/countries.csv",
+        description="ISO 3166-1 alpha-2 codes the country field may hold (CSV with columns country,name).",
+    )
+    unknown_merchant: Literal["dead_letter", "flag"] = Field(
+        "dead_letter",
+        description=(
+            "An event whose merchant_id is not in pipeline.merchants: dead_letter it (rule known_merchant), "
+            "or flag it: keep it, with 'known_merchant' in its contract_flags column."
+        ),
+    )
 
 
 class PipelineSettings(_Section):
-    topic: str = Field("transactions", description="Topic of card transactions.")
-    dlq_topic: str = Field("transactions.dlq", description="Dead-letter topic for undecodable/invalid events.")
-    subject: str = Field("transactions-value", description="Schema-registry subject of the topic's values.")
-    group_id: str = Field("nova-ingest", description="Consumer group of the ingest workers.")
-    table: str = Field("transactions", description="ClickHouse table of ingested transactions.")
+    topic: KafkaName = Field("transactions", description="Topic of card transactions.")
+    dlq_topic: KafkaName = Field("transactions.dlq", description="Dead-letter topic for undecodable/invalid events.")
+    subject: Subject = Field("transactions-value", description="Schema-registry subject of the topic's values.")
+    group_id: KafkaName = Field("nova-ingest", description="Consumer group of the ingest workers.")
+    table: Identifier = Field("transactions", description="ClickHouse table of ingested transactions.")
     batch_max_rows: int = Field(100_000, ge=1, description="Insert when a batch reaches this many rows…")
     batch_max_seconds: float = Field(1.0, gt=0, description="…or when its oldest event waited this long.")
     session_timeout_ms: int = Field(
@@ -136,9 +202,81 @@ class PipelineSettings(_Section):
 
 
 class SloSettings(_Section):
-    insight_latency_p99_s: float = Field(5.0, gt=0, description="End-to-end latency p99 (insert − event time).")
-    query_p95_ms: float = Field(1000.0, gt=0, description="Analytics query latency p95.")
-    max_error_rate: float = Field(0.001, ge=0, le=1, description="Largest tolerated failed-request rate.")
+    """What `nova loadtest` holds the pipeline to; every step of a run is judged against each."""
+
+    insight_latency_p99_s: float = Field(
+        5.0, gt=0, description="Produce→queryable latency p99: intended send (= event) time to visible in a SELECT."
+    )
+    query_p95_ms: float = Field(1000.0, gt=0, description="Dashboard query latency p95 under ingest load.")
+    max_error_rate: float = Field(
+        0.001, ge=0, le=1, description="Largest tolerated share of failed sends, and of failed queries."
+    )
+    min_achieved_ratio: float = Field(
+        0.95, gt=0, le=1, description="Achieved send rate / target below this: the run is generator-bound (a failure)."
+    )
+
+
+_DASHBOARD_QUERIES = {
+    "top_merchants": (
+        "SELECT merchant_id, any(merchant_name) AS merchant, count() AS transactions, "
+        "sum(amount_reporting_minor) AS volume_minor FROM {table} "
+        "WHERE event_time >= now() - INTERVAL 1 HOUR GROUP BY merchant_id ORDER BY volume_minor DESC LIMIT 10"
+    ),
+    "volume_per_minute": (
+        "SELECT minute, sum(transactions) AS transactions, sum(amount_reporting_minor) AS volume_minor "
+        "FROM {table}_by_merchant_minute WHERE minute >= now() - INTERVAL 1 HOUR GROUP BY minute ORDER BY minute"
+    ),
+    "recent_alerts": (
+        "SELECT event_time, transaction_id, card_id, merchant_id, amount_reporting_minor, risk_score FROM alerts "
+        "WHERE event_time >= now() - INTERVAL 5 MINUTE ORDER BY event_time DESC LIMIT 100"
+    ),
+    "card_history": (
+        "SELECT event_time, transaction_id, merchant_id, amount_minor, currency, status, risk_score FROM {table} "
+        "WHERE card_id = %(card_id)s ORDER BY event_time DESC LIMIT 50"
+    ),
+}
+
+
+class LoadtestSettings(_Section):
+    """Defaults of `nova loadtest` (each has a command-line option) and its dashboard queries."""
+
+    profile: Literal["steady", "step", "spike", "find-max"] = Field(
+        "steady", description="Load shape: steady, step (1×…k× in equal steps), spike, or find-max."
+    )
+    peak_multiplier: float = Field(
+        1.0, gt=0, description="Target rate as a multiple of peak_events_per_second, unless --rate is given."
+    )
+    duration_s: float = Field(60.0, gt=0, description="Length of the run (all steps together), in seconds.")
+    steps: int = Field(3, ge=1, le=100, description="Steps of the step profile: target × 1/n, 2/n, … n/n.")
+    find_max_steps: int = Field(
+        10, ge=2, le=100, description="Steps of find-max: target × 1/n … n/n, stopping at the first that breaks."
+    )
+    spike_base_fraction: float = Field(
+        1 / 3, gt=0, lt=1, description="Spike profile: the rate before and after the spike, as a fraction of target."
+    )
+    processes: int = Field(1, ge=1, description="Locust worker processes on this machine (one producer each).")
+    analysts: int = Field(2, ge=0, description="Concurrent analyst users running the dashboard queries.")
+    think_time_s: float = Field(1.0, ge=0, description="Pause of an analyst between two queries.")
+    queries: dict[str, str] = Field(
+        default_factory=lambda: dict(_DASHBOARD_QUERIES),
+        description="Dashboard queries by name; {table} is pipeline.table, %(card_id)s a card of the run.",
+    )
+    pool_size: int = Field(
+        65_536, ge=1024, description="Pre-encoded transactions per producer, re-sent with fresh ids and times."
+    )
+    ack_samples_per_s: int = Field(
+        1000, ge=1, description="Messages per second and producer whose ack (and queryable) latency is measured."
+    )
+    commit_poll_s: float = Field(
+        0.1, gt=0, le=5, description="How often the ingest group's committed offsets are read (queryable resolution)."
+    )
+    drain_timeout_s: float = Field(
+        120.0, gt=0, description="After the last send, how long to wait for the pipeline to catch up."
+    )
+    ingest_workers: int = Field(1, ge=1, description="`nova ingest --workers` when the load test starts ingest itself.")
+    runs_dir: str | None = Field(
+        None, description="Where each run's plan, logs and results go (default: <stack.state_dir>/loadtest)."
+    )
 
 
 class StackSettings(_Section):
@@ -150,6 +288,9 @@ class StackSettings(_Section):
     postgres_port: int = Field(15432, description="PostgreSQL port on 127.0.0.1.")
     clickhouse_tcp_port: int = Field(19000, description="clickhouse-server native port on 127.0.0.1.")
     clickhouse_http_port: int = Field(18123, description="clickhouse-server HTTP port on 127.0.0.1.")
+    seaweedfs_port: int = Field(
+        18333, description="SeaweedFS S3 port on 127.0.0.1; its other listeners take the next six ports, gRPC +10000."
+    )
 
 
 class Settings(BaseModel):
@@ -164,6 +305,7 @@ class Settings(BaseModel):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)  # type: ignore[arg-type]
     peak_events_per_second: int = Field(50_000, gt=0, description="Expected production peak (load tests run 3x).")
     slo: SloSettings = Field(default_factory=SloSettings)  # type: ignore[arg-type]
+    loadtest: LoadtestSettings = Field(default_factory=LoadtestSettings)  # type: ignore[arg-type]
     stack: StackSettings = Field(default_factory=StackSettings)  # type: ignore[arg-type]
 
     # Not configuration: where the file was and what relative paths are relative to.
@@ -261,9 +403,11 @@ def load_settings(path: str | Path | None = None, *, environ: dict[str, str] | N
             if err["type"] == "extra_forbidden":
                 lines.append(f"{origin}: unknown key '{key}' — remove it or check its spelling")
             else:
+                # A validator's own ValueError reads better without pydantic's "Value error, " prefix.
+                msg = str(err["ctx"]["error"]) if err["type"] == "value_error" else err["msg"]
                 got = err.get("input")
-                got_text = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
-                lines.append(f"{origin}: key '{key}': {err['msg']}{got_text}")
+                quoted = got is None or isinstance(got, dict) or repr(got) in msg
+                lines.append(f"{origin}: key '{key}': {msg}{'' if quoted else f' (got {got!r})'}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
     settings.source = config_path.resolve()
     settings.root = _project_root(config_path)

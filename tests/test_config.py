@@ -52,6 +52,8 @@ def test_sasl_settings_reach_librdkafka() -> None:
         ("kafka:\n  bootstrap_server: x:1\n", "unknown key 'kafka.bootstrap_server'"),
         ("pipeline:\n  batch_max_rows: lots\n", "key 'pipeline.batch_max_rows'"),
         ("clickhouse:\n  url: mysql://x\n", "key 'clickhouse.url'"),
+        ("pipeline:\n  table: x; DROP DATABASE nova\n", "key 'pipeline.table': 'x; DROP DATABASE nova' is not a plain"),
+        ("pipeline:\n  topic: ..\n", "key 'pipeline.topic': '..' is not a valid Kafka name"),
         ("- a\n- b\n", "top level must be a mapping"),
     ],
 )

@@ -144,3 +144,31 @@ def test_provision_without_confirmation_refuses_in_scripts(proj) -> None:  # typ
     config, env = proj
     result = run_nova("--config", str(config), "provision", env=env, expect=2)
     assert "--yes" in result.stderr
+
+
+def test_a_change_failing_while_applying_says_how_far_provision_got() -> None:
+    from pipelines.errors import StoreError
+    from pipelines.ops.provision import Plan, PlanItem, apply_plan
+
+    applied: list[str] = []
+
+    def fail() -> None:
+        raise StoreError("Code: 241. Memory limit exceeded", hint="give the server more memory")
+
+    plan = Plan(
+        [
+            PlanItem("topic", "t", "create", apply=lambda: applied.append("t")),
+            PlanItem("table", "x", "unchanged"),
+            PlanItem("view", "v", "create", apply=fail),
+            PlanItem("view", "w", "create", apply=lambda: applied.append("w")),
+        ]
+    )
+    with pytest.raises(StoreError) as info:
+        apply_plan(plan)
+    assert applied == ["t"]
+    assert info.value.message.startswith("view 'v': Code: 241. Memory limit exceeded\n")
+    assert "provision stopped after 1 of 3 change(s)" in info.value.message
+    assert (
+        info.value.hint
+        == "give the server more memory; then re-run nova provision: it is idempotent and finishes the rest"
+    )

@@ -134,7 +134,7 @@ class _Cursor:
         p = self._at(rows)
         first = self.buf[p]
         if not (first > 0x7F).any():  # all one byte: lengths, enum and union indices, small numbers
-            u = first.astype(np.int64)
+            u: np.ndarray = first.astype(np.int64)
             self._moved(rows, p, p + 1)
             return (u >> 1) ^ -(u & 1)
         # Up to 8 bytes (|value| < 2**55) from one little-endian word per row: the lowest byte
@@ -189,6 +189,13 @@ class _Cursor:
             self._flag(rows, negative)
             length = np.where(negative, 0, length)
         p = self._at(rows)
+        # Cut a length at the body's end before adding it: a garbage varint near 2**63 would
+        # overflow p + length into a negative position (numpy then indexes from the buffer's end).
+        room = (self.end if rows is None else self.end[rows]) - p
+        over = length > room
+        if over.any():
+            self._flag(rows, over)
+            length = np.where(over, room, length)
         new = self._moved(rows, p, p + length)
         return p, new - p  # lengths cut at the body end for flagged rows, so gathers stay inside
 

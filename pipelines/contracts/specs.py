@@ -74,13 +74,17 @@ def load_topics(path: Path, *, names: dict[str, str]) -> list[TopicSpec]:
     return specs.topics
 
 
-def load_tables(path: Path, *, names: dict[str, str]) -> TablesFile:
-    """Table and view specs with `{table}` / `{database}` placeholders filled from `names`."""
+def load_tables(path: Path, *, names: dict[str, str], sql_names: dict[str, str] | None = None) -> TablesFile:
+    """Table and view specs with `{table}` / `{database}` placeholders filled from `names`.
+
+    A view's SELECT is filled from `sql_names` when given: the same names, quoted as SQL
+    identifiers by the caller (this layer doesn't know the SQL dialect).
+    """
     spec: TablesFile = _load(path, TablesFile)
     for table in spec.tables:
         table.name = table.name.format(**names)
     for view in spec.views:
         view.name = view.name.format(**names)
         view.to = view.to.format(**names)
-        view.select = view.select.format(**names)
+        view.select = view.select.format(**(names if sql_names is None else sql_names))
     return spec
