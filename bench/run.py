@@ -18,6 +18,8 @@ BENCHMARKS = (
     ("bench_fastdecode.py", ["--write-docs"]),
     ("bench_ingest.py", ["--write-docs"]),
     ("bench_parity.py", ["--write-docs"]),
+    ("bench_tiering.py", ["--write-docs"]),
+    ("bench_loadtest.py", ["--write-docs"]),
 )
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from cli import _common
@@ -19,9 +20,10 @@ class _NovaGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except NovaError as exc:
-            _common.err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+            # Messages quote user input (`--by 'day,[/x]'`): escaped, it prints as typed.
+            _common.err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False)
             if exc.hint:
-                _common.err.print(f"[yellow]hint:[/] {exc.hint}")
+                _common.err.print(f"[yellow]hint:[/] {escape(exc.hint)}", highlight=False)
             raise typer.Exit(exc.exit_code) from None
         except KeyboardInterrupt:
             _common.err.print("[red]interrupted[/]")
@@ -55,7 +57,20 @@ def _root(
 
 
 def _register() -> None:
-    from cli import dlq, generate, ingest, legacy, parity, provision, query, replay, stack, status
+    from cli import (
+        dlq,
+        generate,
+        ingest,
+        legacy,
+        loadtest,
+        parity,
+        provision,
+        query,
+        replay,
+        stack,
+        status,
+        tier_migrate,
+    )
 
     app.add_typer(stack.app, name="stack")
     app.add_typer(provision.app)
@@ -67,6 +82,8 @@ def _register() -> None:
     app.add_typer(generate.app)
     app.add_typer(legacy.app, name="legacy")
     app.add_typer(replay.app)
+    app.add_typer(loadtest.app)
+    app.add_typer(tier_migrate.app, name="tier-migrate")
 
 
 _register()
