@@ -66,7 +66,6 @@ def test_seed_replay_ingest_parity(dual, tmp_path: Path) -> None:  # type: ignor
     assert report.exists() and "<svg" in report.read_text()
 
 
-
 def _topic_end(pe) -> int:  # type: ignore[no-untyped-def]
     """Messages (and transaction markers) written to the test's topic so far."""
     from pipelines import kafka
