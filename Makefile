@@ -45,7 +45,7 @@ test: stack browser ## Run the test suite against the real services (chaos tests
 	$(BIN)/python -m pytest -m "not long"
 
 test-all: stack browser ## Everything, including the long chaos runs (many stall/kill rounds)
-	CHAOS_LONG=1 $(BIN)/python -m pytest
+	$(BIN)/python -m pytest
 
 test-unit: install ## Only the tests that need no service
 	$(BIN)/python -m pytest -m "not integration and not server"

@@ -139,7 +139,7 @@ def main() -> None:
     from pipelines import kafka
     from pipelines.clickhouse import open_store
     from pipelines.ops.provision import provision
-    from pipelines.synth.generate import generate
+    from pipelines.synth import generate
 
     stamp = time.strftime("%Y%m%d%H%M%S")
     topic = f"bench.ingest.{stamp}"

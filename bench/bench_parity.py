@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from pipelines.clickhouse import ddl, open_store  # noqa: E402
 from pipelines.config import load_settings  # noqa: E402
 from pipelines.contracts.specs import load_tables  # noqa: E402
-from pipelines.dualrun.legacy import ensure_schema  # noqa: E402
+from pipelines.dualrun.warehouse import ensure_schema  # noqa: E402
 
 SCHEMA = "bench_parity"
 DATABASE = "bench_parity"

@@ -30,7 +30,7 @@ from pipelines.contracts.reference import load_reference
 from pipelines.contracts.registry import FileRegistry, HttpRegistry
 from pipelines.errors import RegistryError
 from pipelines.ingest.transform import Enricher, transform, transform_table
-from pipelines.synth.generate import FIELDS, MALFORMED_KINDS, iter_transactions, open_message_stream
+from pipelines.synth import FIELDS, MALFORMED_KINDS, iter_transactions, open_message_stream
 from tests.conftest import REPO
 
 SUBJECT = "transactions-value"

@@ -12,6 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests.conftest import REPO, run_nova, unique
 from tests.pipeline_env import PipelineEnv, make_env, wait_until
 
 pytestmark = pytest.mark.integration
@@ -257,4 +258,62 @@ def test_dlq_export_fix_and_republish(tmp_path: Path) -> None:
         refused = pe.nova("dlq", "republish", "--file", str(bad), "--yes", expect=2)
         assert f"{bad}:1" in refused.stderr
     finally:
+        pe.cleanup()
+
+
+def _copy_in_transactions(pe: PipelineEnv, source: str, count: int, transactions: int) -> None:
+    """Re-produce `source`'s messages into the pipeline topic with a transactional producer, as
+    `nova replay` does: each transaction leaves a marker (an offset, never a message) per partition."""
+    from pipelines import kafka
+    from pipelines.config import load_settings
+
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ=pe.env)
+    consumer = kafka.consumer(settings, group_id=unique("copy"))
+    consumer.assign([kafka.TopicPartition(source, 0, 0)])
+    messages: list = []
+    deadline = time.monotonic() + 60
+    while len(messages) < count and time.monotonic() < deadline:
+        messages += [m for m in consumer.consume(num_messages=1000, timeout=0.5) if m.error() is None]
+    consumer.close()
+    assert len(messages) == count
+    producer = kafka.producer(settings, **{"transactional.id": unique("replay")})
+    producer.init_transactions(30)
+    step = -(-count // transactions)
+    for i in range(0, count, step):
+        producer.begin_transaction()
+        for m in messages[i : i + step]:
+            producer.produce(pe.topic, m.value(), m.key())
+        producer.commit_transaction(30)
+
+
+def test_no_phantom_lag_after_a_transactional_producer(tmp_path: Path) -> None:
+    from pipelines import kafka
+    from pipelines.config import load_settings
+
+    pe = make_env(tmp_path, "embedded")
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ=pe.env)
+    source = f"{pe.topic}.source"
+    kafka.create_topic(settings, source, partitions=1, replication_factor=1, config={})
+    try:
+        run_nova("generate", "--count", "3000", "--seed", "37", env={**pe.env, "NOVA_PIPELINE__TOPIC": source})
+        _copy_in_transactions(pe, source, 3000, transactions=3)
+        ingest = json.loads(pe.nova("ingest", "--until-caught-up", "--quiet", "--json").stdout)
+        assert ingest["events"] == 3000 and pe.counts() == (3000, 3000)
+        status = json.loads(pe.nova("status", "--json").stdout)
+        assert status["total_lag"] == 0, status
+        written = [r for r in status["partitions"] if r["end"] > 0]
+        assert written and all(r["committed"] == r["end"] for r in written), "committed past the markers"
+
+        # A group committed by an older worker (last offset + 1: the marker's offset) reads 0 too.
+        consumer = kafka.consumer(settings, group_id=settings.pipeline.group_id)
+        consumer.commit(
+            offsets=[kafka.TopicPartition(pe.topic, r["partition"], r["end"] - 1) for r in written],
+            asynchronous=False,
+        )
+        consumer.close()
+        status = json.loads(pe.nova("status", "--json").stdout)
+        assert all(r["committed"] == r["end"] - 1 for r in status["partitions"] if r["end"] > 0)
+        assert status["total_lag"] == 0, status
+    finally:
+        kafka.delete_topics(settings, [source])
         pe.cleanup()

@@ -10,12 +10,22 @@ with ClickHouse itself as the store of that state):
 4. write `committed` rows for the same ranges;
 5. commit the offsets to Kafka (informational: ClickHouse's state decides where to resume).
 
-On assignment a worker reads the state: after `committed` it resumes at end + 1; after
-`pending` (a crash between 2 and 4) it re-reads [begin, end] and inserts only the offsets
-the table does not hold yet — the same check a retried insert makes. So no event is lost or
-stored twice whatever dies when, and on any server version: no insert dedup tokens needed.
+On assignment a worker claims the partition (a new epoch in ingest_state) and reads the
+state: after `committed` it resumes at end + 1; after `pending` (a crash between 2 and 4) it
+re-reads [begin, end] and inserts only the offsets the table does not hold yet — the same check
+a retried insert makes. So no event is lost or stored twice whatever dies when, and on any
+server version: no insert dedup tokens needed. A worker that *stalls* instead of dying, and
+wakes up after its successor took over, is fenced by its claim (`pipelines.ingest.fencing`):
+before steps 2 and 4 it checks the claim is still its own, and on a server the insert of step 3
+is checked by the server itself.
+
+Modules: `worker` (one worker's loop), `supervisor` (worker processes), `run` (`run_ingest`,
+the summary), `state` (ingest_state: claims and ranges), `fencing`, `latency` (histograms),
+`models` (status and report), `metrics` (Prometheus), `transform` (validate, enrich, score).
 """
 
-from pipelines.ingest.worker import IngestReport, run_ingest
+from pipelines.ingest.models import IngestReport, WorkerStatus
+from pipelines.ingest.run import check_workers, run_ingest
+from pipelines.ingest.supervisor import install_stop_handlers
 
-__all__ = ["IngestReport", "run_ingest"]
+__all__ = ["IngestReport", "WorkerStatus", "check_workers", "install_stop_handlers", "run_ingest"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipelines.ingest.worker import WorkerStatus
+    from pipelines.ingest.models import WorkerStatus
 
 
 class Metrics:
+    """Gauges per worker, set from its latest status snapshot (the workers are other processes)."""
+
     def __init__(self, port: int) -> None:
         from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
@@ -37,8 +39,14 @@ class Metrics:
         )
         self.latency = Gauge(
             "nova_ingest_latency_ms",
-            "End-to-end latency (insert − event time)",
+            "End-to-end latency (event time → insert returned), whole run of the worker",
             ["worker", "quantile"],
+            registry=self.registry,
+        )
+        self.fenced = Gauge(
+            "nova_ingest_fenced_partitions_total",
+            "Times a partition was found claimed by another worker (its rows left to that worker)",
+            labels,
             registry=self.registry,
         )
         self.waiting = Gauge(
@@ -61,4 +69,5 @@ class Metrics:
                 self.latency.labels(w, "0.5").set(s.latency_p50_ms)
             if s.latency_p99_ms is not None:
                 self.latency.labels(w, "0.99").set(s.latency_p99_ms)
+            self.fenced.labels(w).set(s.fenced_partitions)
             self.waiting.labels(w).set(1 if s.state == "waiting" else 0)

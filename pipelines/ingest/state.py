@@ -1,31 +1,56 @@
-"""Per topic-partition ingest state in ClickHouse: the exactly-once bookkeeping.
+"""Per topic-partition ingest state in ClickHouse: ownership claims and the exactly-once bookkeeping.
 
-The state table is a ReplacingMergeTree keyed by (group_id, topic, partition); the newest
-`version` of a key is its state. Reads use argMax, so they are right before merges too.
+`ingest_state` is a ReplacingMergeTree keyed by (group_id, topic, partition). Each row belongs to a
+**claim**: on assignment a worker writes a row with a new `epoch` for the partition, and every row it
+writes for that partition afterwards carries the same epoch (`pipelines.ingest.fencing` explains
+why). Ordering never uses the wall clock, which is no order between hosts:
+
+- `epoch` = (generation << 20) | tag: generation is the highest seen for the partition + 1, tag is
+  20 bits of a hash of the worker id, so two claims made at once from the same reading (a stalled
+  owner and its successor) still differ and compare the same way on every host;
+- `seq` orders the rows of one claim (one writer: its own counter);
+- `version` = VERSION_FLOOR + epoch is what merges keep: the highest claim's rows, and among rows of
+  equal version ReplacingMergeTree keeps the last inserted, i.e. the claim's newest;
+- reads take argMax by (version, seq), so they agree with merges before merges happen.
+
+Rows written before claims existed have epoch 0 and a wall-clock version below VERSION_FLOOR: they
+order among themselves as they always did and lose to any claimed row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+from pipelines.clickhouse.sql import literal, quote_identifier
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
 
 PENDING = "pending"
 COMMITTED = "committed"
+CLAIMED = "claimed"  # a claim with nothing to inherit: no batch of this partition was ever recorded
 STATE_TABLE = "ingest_state"
+STATE_COLUMNS = ("epoch", "seq")  # the columns claims need beyond the original ones (nova provision adds them)
+TAG_BITS = 20
+VERSION_FLOOR = 1 << 62  # above any wall-clock version in ns (year 2116), below UInt64's end for any epoch
 
 
 @dataclass(frozen=True)
 class PartitionState:
+    """The newest record of a partition (of one claim, or over all claims)."""
+
     partition: int
     begin_offset: int
     end_offset: int
     state: str
+    epoch: int = 0
+    worker: str = ""
 
 
 @dataclass
@@ -38,14 +63,24 @@ class Range:
     dlq: int = 0
 
 
-_last_version = 0
+@dataclass(frozen=True)
+class Claims:
+    """What `StateStore.claim` established for each partition asked for."""
+
+    epochs: dict[int, int]  # partition → the epoch claimed
+    inherited: dict[int, PartitionState]  # partition → the predecessor's newest record; absent: nothing recorded
+    lost: set[int]  # partitions where another claim already beats this one (a concurrent claim)
 
 
-def _version() -> int:
-    # Monotonic within a process and ahead of earlier processes (wall clock in ns).
-    global _last_version
-    _last_version = max(_last_version + 1, time.time_ns())
-    return _last_version
+def claim_tag(worker: str) -> int:
+    """The low bits of every epoch this worker claims: stable per worker id, on every host."""
+    digest = hashlib.blake2b(worker.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & ((1 << TAG_BITS) - 1)
+
+
+def next_epoch(highest: int, tag: int) -> int:
+    """An epoch above `highest` (the highest seen for the partition), with this worker's tag."""
+    return (((highest >> TAG_BITS) + 1) << TAG_BITS) | tag
 
 
 class StateStore:
@@ -56,46 +91,123 @@ class StateStore:
         self.topic = topic
         self.table = table
         self.worker = worker
+        self.tag = claim_tag(worker)
+        self.qualified = f"{quote_identifier(database)}.{quote_identifier(STATE_TABLE)}"
+        self._seq = 0
+
+    def _records(self, partitions: Iterable[int] | None) -> dict[int, dict[int, PartitionState]]:
+        """partition → epoch → the newest record of that claim (few claims survive merges)."""
+        if partitions is not None:
+            partitions = list(partitions)
+            if not partitions:
+                return {}
+        where = "" if partitions is None else " AND partition IN %(parts)s"
+        rows = self.store.query_rows(
+            "SELECT partition, epoch, argMax(begin_offset, (version, seq)), argMax(end_offset, (version, seq)), "
+            f"argMax(state, (version, seq)), argMax(worker, (version, seq)) FROM {self.qualified} "
+            f"WHERE group_id = %(g)s AND topic = %(t)s{where} GROUP BY partition, epoch",
+            {"g": self.group_id, "t": self.topic, "parts": tuple(sorted(partitions or ()))},
+        )
+        out: dict[int, dict[int, PartitionState]] = {}
+        for p, epoch, begin, end, state, worker in rows:
+            out.setdefault(int(p), {})[int(epoch)] = PartitionState(
+                int(p), int(begin), int(end), str(state), int(epoch), str(worker)
+            )
+        return out
 
     def read(self, partitions: list[int] | None = None) -> dict[int, PartitionState]:
-        rows = self.store.query_rows(
-            f"SELECT partition, argMax(begin_offset, version), argMax(end_offset, version), argMax(state, version) "
-            f"FROM `{self.database}`.{STATE_TABLE} WHERE group_id = %(g)s AND topic = %(t)s GROUP BY partition",
-            {"g": self.group_id, "t": self.topic},
-        )
-        states = {int(p): PartitionState(int(p), int(b), int(e), str(s)) for p, b, e, s in rows}
-        if partitions is not None:
-            states = {p: s for p, s in states.items() if p in partitions}
-        return states
+        """The newest record of each partition: that of its highest claim (a CLAIMED row included)."""
+        return {p: claims[max(claims)] for p, claims in self._records(partitions).items()}
 
-    def write(self, ranges: dict[int, Range], state: str) -> None:
-        if not ranges:
+    def owners(self, partitions: Iterable[int]) -> dict[int, int]:
+        """partition → its highest epoch: the claim that may write it. One small indexed query."""
+        parts = tuple(sorted(partitions))
+        if not parts:
+            return {}
+        rows = self.store.query_rows(
+            f"SELECT partition, max(epoch) FROM {self.qualified} "
+            "WHERE group_id = %(g)s AND topic = %(t)s AND partition IN %(parts)s GROUP BY partition",
+            {"g": self.group_id, "t": self.topic, "parts": parts},
+        )
+        return {int(p): int(e) for p, e in rows}
+
+    def owners_sql(self, partitions: Iterable[int]) -> str:
+        """`owners` as a subquery of (partition, epoch) pairs, for an insert the server itself fences."""
+        parts = ", ".join(str(int(p)) for p in sorted(partitions))
+        return (
+            f"SELECT partition, max(epoch) FROM {self.qualified} WHERE group_id = {literal(self.group_id)} "
+            f"AND topic = {literal(self.topic)} AND partition IN ({parts}) GROUP BY partition"
+        )
+
+    def claim(self, partitions: list[int]) -> Claims:
+        """Claim each partition with an epoch above every earlier one, and return what it inherits.
+
+        The claim row carries the predecessor's newest record, so it stays readable after merges
+        keep only the claim. Reading again after writing catches what a stalled predecessor wrote
+        in between (carried into a second row) and a concurrent claim that won (`lost`).
+        """
+        if not partitions:  # cooperative rebalances call on_assign with nothing new
+            return Claims(epochs={}, inherited={}, lost=set())
+        before = self._records(partitions)
+        epochs = {p: next_epoch(max(before.get(p, {0: None})), self.tag) for p in partitions}
+        inherited_before = {p: claims[max(claims)] for p, claims in before.items()}
+        self._write_rows({p: self._carried(inherited_before.get(p)) for p in partitions}, epochs)
+        after = self._records(partitions)
+        inherited: dict[int, PartitionState] = {}
+        lost: set[int] = set()
+        carry: dict[int, tuple[str, Range]] = {}
+        for p in partitions:
+            claims = after.get(p, {})
+            if claims and max(claims) != epochs[p]:
+                lost.add(p)
+                continue
+            older = [e for e in claims if e < epochs[p]]
+            # Nothing older left: a merge folded it into this claim's row, which carries `before`.
+            newest = claims[max(older)] if older else inherited_before.get(p)
+            if newest is not None and newest != inherited_before.get(p):
+                carry[p] = self._carried(newest)
+            if newest is not None and newest.state != CLAIMED:
+                inherited[p] = newest
+        if carry:
+            self._write_rows(carry, epochs)
+        return Claims(epochs=epochs, inherited=inherited, lost=lost)
+
+    @staticmethod
+    def _carried(record: PartitionState | None) -> tuple[str, Range]:
+        if record is None or record.state == CLAIMED:
+            return CLAIMED, Range(-1, -1)
+        return record.state, Range(record.begin_offset, record.end_offset)
+
+    def write(self, ranges: dict[int, Range], state: str, epochs: dict[int, int]) -> None:
+        """Record `state` for each range, under the epoch this worker claimed for its partition."""
+        self._write_rows({p: (state, r) for p, r in ranges.items()}, epochs)
+
+    def _write_rows(self, records: dict[int, tuple[str, Range]], epochs: dict[int, int]) -> None:
+        if not records:
             return
-        now = time.time()
-        parts = sorted(ranges)
+        now_ms = int(time.time() * 1000)
+        parts = sorted(records)
         n = len(parts)
+        seqs = [self._next_seq() for _ in parts]
         data = pa.table(
             {
                 "group_id": [self.group_id] * n,
                 "topic": [self.topic] * n,
                 "partition": pa.array(parts, pa.uint32()),
-                "begin_offset": pa.array([ranges[p].begin for p in parts], pa.int64()),
-                "end_offset": pa.array([ranges[p].end for p in parts], pa.int64()),
-                "state": [state] * n,
-                "rows": pa.array([ranges[p].rows for p in parts], pa.uint64()),
-                "dlq": pa.array([ranges[p].dlq for p in parts], pa.uint64()),
+                "begin_offset": pa.array([records[p][1].begin for p in parts], pa.int64()),
+                "end_offset": pa.array([records[p][1].end for p in parts], pa.int64()),
+                "state": [records[p][0] for p in parts],
+                "rows": pa.array([records[p][1].rows for p in parts], pa.uint64()),
+                "dlq": pa.array([records[p][1].dlq for p in parts], pa.uint64()),
                 "worker": [self.worker] * n,
-                "updated_at": pa.array([int(now * 1000)] * n, pa.timestamp("ms", tz="UTC")),
-                "version": pa.array([_version() for _ in parts], pa.uint64()),
+                "updated_at": pa.array([now_ms] * n, pa.timestamp("ms", tz="UTC")),  # for people; orders nothing
+                "epoch": pa.array([epochs[p] for p in parts], pa.uint64()),
+                "seq": pa.array(seqs, pa.uint64()),
+                "version": pa.array([VERSION_FLOOR + epochs[p] for p in parts], pa.uint64()),
             }
         )
         self.store.insert_arrow(f"{self.database}.{STATE_TABLE}", data)
 
-    def present_offsets(self, partition: int, begin: int, end: int) -> set[int]:
-        """Offsets of [begin, end] the transactions table already holds for this partition."""
-        rows = self.store.query_rows(
-            f"SELECT _offset FROM `{self.database}`.`{self.table}` "
-            f"WHERE _topic = %(t)s AND _partition = %(p)s AND _offset >= %(b)s AND _offset <= %(e)s",
-            {"t": self.topic, "p": partition, "b": begin, "e": end},
-        )
-        return {int(r[0]) for r in rows}
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq

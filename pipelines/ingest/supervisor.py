@@ -1,21 +1,32 @@
-"""`--workers N`: N worker processes in one consumer group, restarted if one dies."""
+"""`--workers N`: N worker processes in one consumer group, restarted if one dies.
+
+Children report `dataclasses.asdict(WorkerStatus)` snapshots over a queue; a child that fails
+with a NovaError sends `NovaError.to_dict()` and exits with FATAL_EXIT, and the supervisor raises
+the same error (`NovaError.from_dict`: same kind, message, hint and exit code).
+"""
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from pipelines.errors import NovaError
-from pipelines.ingest.worker import WorkerStatus
+from pipelines.ingest.models import WorkerStatus
 
 if TYPE_CHECKING:
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
+
     from pipelines.config import Settings
 
+_Queue: TypeAlias = "Queue[tuple[int, dict[str, Any]]]"  # (worker index, a status as a dict, or {"fatal": error})
 RESTART_DELAY_S = 1.0
 FATAL_EXIT = 3
 CRASH_LOOP = (5, 60.0)  # this many crashes (exit code > 0) within this many seconds: give up
@@ -23,11 +34,21 @@ CAUGHT_UP_STABLE_S = 1.0  # --until-caught-up: every worker caught up, every par
 STOP_GRACE_S = 9.0
 
 
-def _child(settings_json: str, source: str, root: str, index: int, until_caught_up: bool, q: Any) -> None:
+def install_stop_handlers(stop_event: threading.Event) -> None:
+    """SIGTERM/SIGINT: finish the current batch, commit, leave the group."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _child(settings_json: str, source: str, root: str, index: int, until_caught_up: bool, q: _Queue) -> None:
     from pathlib import Path
 
     from pipelines.config import Settings
-    from pipelines.ingest.worker import install_stop_handlers, run_worker
+    from pipelines.ingest.worker import run_worker  # only children run workers: numpy, pyarrow load here
 
     settings = Settings.model_validate_json(settings_json)
     settings.source, settings.root = Path(source), Path(root)
@@ -53,7 +74,7 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
             coordinated=True,
         )
     except NovaError as exc:  # an expected failure (e.g. table missing): no point restarting
-        q.put((index, {"fatal": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}))
+        q.put((index, {"fatal": exc.to_dict()}))
         raise SystemExit(FATAL_EXIT) from None
     q.put((index, asdict(status)))
 
@@ -81,9 +102,9 @@ def supervise(
     stop_event: threading.Event,
 ) -> list[WorkerStatus]:
     ctx = mp.get_context("spawn")
-    q: Any = ctx.Queue()
+    q: _Queue = ctx.Queue()
     payload = settings.model_dump_json(by_alias=True)
-    procs: dict[int, Any] = {}
+    procs: dict[int, BaseProcess] = {}
     latest: dict[int, WorkerStatus] = {}
     retired: list[WorkerStatus] = []  # last words of crashed incarnations, so totals stay right
     restart_at: dict[int, float] = {}
@@ -107,7 +128,7 @@ def supervise(
         while True:
             fatal = _drain(q, latest)
             if fatal:
-                raise _fatal(fatal)
+                raise NovaError.from_dict(fatal)
             if on_status:
                 on_status([*latest.values()])
             if stop_event.is_set():
@@ -164,7 +185,7 @@ def _partition_count(settings: Settings) -> int:
     return found[topic].partitions
 
 
-def _all_caught_up(procs: dict[int, Any], latest: dict[int, WorkerStatus], partitions: int) -> bool:
+def _all_caught_up(procs: dict[int, BaseProcess], latest: dict[int, WorkerStatus], partitions: int) -> bool:
     """Every worker alive and caught up on its partitions, and together they own every partition.
 
     The second half matters: during a rebalance a partition can be owned by nobody for a moment.
@@ -178,7 +199,7 @@ def _all_caught_up(procs: dict[int, Any], latest: dict[int, WorkerStatus], parti
     return owned >= set(range(partitions))
 
 
-def _drain(q: Any, latest: dict[int, WorkerStatus]) -> dict[str, Any] | None:
+def _drain(q: _Queue, latest: dict[int, WorkerStatus]) -> dict[str, Any] | None:
     fatal = None
     while True:
         try:
@@ -186,14 +207,6 @@ def _drain(q: Any, latest: dict[int, WorkerStatus]) -> dict[str, Any] | None:
         except queue.Empty:
             return fatal
         if "fatal" in data:
-            fatal = data
+            fatal = data["fatal"]
         else:
-            latest[index] = WorkerStatus(**data)
-
-
-def _fatal(data: dict[str, Any]) -> NovaError:
-    from pipelines import errors
-
-    cls = getattr(errors, data["kind"], NovaError)
-    exc = cls(data["fatal"]) if isinstance(cls, type) and issubclass(cls, NovaError) else NovaError(data["fatal"])
-    return exc
+            latest[index] = WorkerStatus.from_dict(data)

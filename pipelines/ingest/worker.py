@@ -1,34 +1,39 @@
-"""One ingest worker process: consume → transform → dead-letter → exactly-once insert → commit."""
+"""One ingest worker: consume → transform → dead-letter → fenced exactly-once insert → commit.
+
+The batch steps and the recovery after a crash are described in `pipelines.ingest`; how a worker
+that lost its partitions is kept from writing them, in `pipelines.ingest.fencing`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.errors import KafkaError, NovaError, StoreError, UsageError
-from pipelines.ingest.state import COMMITTED, PENDING, Range, StateStore
+from pipelines.errors import KafkaError, NovaError, StoreError
+from pipelines.ingest.fencing import Fence
+from pipelines.ingest.latency import PIPELINE_SAMPLE, LatencyHistogram
+from pipelines.ingest.models import WorkerStatus
+from pipelines.ingest.state import COMMITTED, PENDING, STATE_COLUMNS, STATE_TABLE, Range, StateStore
 from pipelines.ingest.transform import Enricher, transform_table
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
     from pipelines.config import Settings
-    from pipelines.kafka import Consumer, Message, Producer, TopicPartition
+    from pipelines.kafka import Consumer, Message, Producer, TopicPartition, VendorError
+
+T = TypeVar("T")
 
 POLL_CHUNK = 10_000
-LATENCY_WINDOW = 200_000  # latency samples kept for percentiles
 BACKOFF_MAX_S = 10.0
 # Big enough fetches for ~200k events/s, small enough that prefetched messages stay a few MiB.
 FETCH_TUNING = {
@@ -37,46 +42,7 @@ FETCH_TUNING = {
     "queued.max.messages.kbytes": 64 * 1024,
 }
 IDLE_GRACE_S = 1.0  # --until-caught-up: no message for this long, and zero lag, means caught up
-
-
-@dataclass
-class WorkerStatus:
-    """A snapshot for the live view, metrics and the final report."""
-
-    worker: str
-    state: str = "starting"  # starting | running | waiting | stopping | stopped
-    reason: str = ""
-    events: int = 0
-    rejected: dict[str, int] = field(default_factory=dict)
-    batches: int = 0
-    last_batch_rows: int = 0
-    last_insert_s: float = 0.0
-    insert_s_total: float = 0.0
-    lag: dict[int, int] = field(default_factory=dict)
-    assigned: list[int] = field(default_factory=list)
-    latency_p50_ms: float | None = None
-    latency_p99_ms: float | None = None
-    started_at: float = field(default_factory=time.time)
-    updated_at: float = field(default_factory=time.time)
-    newest_event_ms: int | None = None
-    first_message_at: float | None = None  # wall clock of the first message consumed (for benchmarks)
-    caught_up: bool = False  # --until-caught-up under a supervisor: every assigned partition at zero lag
-    recovered_partitions: int = 0
-    skipped_present: int = 0
-
-
-@dataclass
-class IngestReport:
-    events: int
-    rejected: dict[str, int]
-    batches: int
-    elapsed_s: float
-    events_per_s: float
-    latency_p50_ms: float | None
-    latency_p99_ms: float | None
-    workers: int
-    recovered_partitions: int = 0
-    skipped_present: int = 0
+IDLE_COMMIT_S = 2.0  # idle: commit positions that moved past transaction markers this often
 
 
 class _Batch:
@@ -86,6 +52,11 @@ class _Batch:
         self.rows = 0
         self.opened_at: float | None = None
         self.phase = "dlq"
+        # (partition, Kafka timestamp) of one valid row in PIPELINE_SAMPLE, for the pipeline latency.
+        self.samples: list[tuple[np.ndarray, np.ndarray]] = []
+        # After the insert: latencies by partition (event: every row; pipeline: the samples),
+        # recorded once the ownership check after the insert has said which partitions were ours.
+        self.latency: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
 
     def empty(self) -> bool:
         return not self.ranges
@@ -99,15 +70,24 @@ class _Batch:
             r.rows += rows
             r.dlq += dlq
 
-    def drop_partitions(self, partitions: set[int]) -> None:
+    def drop_partitions(self, partitions: set[int]) -> int:
+        """Forget these partitions' rows and offsets; returns the valid rows dropped."""
+        dropped = sum(self.ranges[p].rows for p in partitions if p in self.ranges)
         for p in partitions:
             self.ranges.pop(p, None)
-        kept = []
-        for t in self.tables:
-            mask = pc.invert(pc.is_in(t["_partition"], value_set=pa.array(sorted(partitions), pa.uint32())))
-            kept.append(t.filter(mask))
+        if not partitions or not self.tables:
+            return dropped
+        gone = pa.array(sorted(partitions), pa.uint32())
+        kept = [t.filter(pc.invert(pc.is_in(t["_partition"], value_set=gone))) for t in self.tables]
         self.tables = [t for t in kept if t.num_rows]
         self.rows = sum(t.num_rows for t in self.tables)
+        lost = np.fromiter(partitions, dtype=np.int64)
+        samples = []
+        for parts, stamps in self.samples:
+            keep = ~np.isin(parts, lost)
+            samples.append((parts[keep], stamps[keep]))
+        self.samples = samples
+        return dropped
 
 
 class Worker:
@@ -146,27 +126,33 @@ class Worker:
         self.state = StateStore(
             store, database=db, group_id=self.p.group_id, topic=self.p.topic, table=self.p.table, worker=worker_id
         )
+        self.fence = Fence(store, self.state, database=db, table=self.p.table, worker=worker_id)
         self.status = WorkerStatus(worker=worker_id)
         self.batch = _Batch()
         self.skip: dict[int, tuple[int, set[int]]] = {}  # partition → (recovery end, offsets already stored)
-        self.latencies: deque[np.ndarray] = deque()
-        self.latency_count = 0
+        self.epochs: dict[int, int] = {}  # partition → the claim this worker holds on it
+        self.fenced: set[int] = set()  # assigned by Kafka, but claimed by another worker: not ours to write
+        self.verify: dict[int, tuple[int, int]] = {}  # recovered ranges to check for copies after the insert
+        self.latency_event = LatencyHistogram()
+        self.latency_pipeline = LatencyHistogram()
         self.dlq_errors: list[str] = []
         self.assigned: set[int] = set()
         self.ever_assigned = False
         self._last_status = 0.0
         self._last_lag = 0.0
+        self._last_idle_commit = 0.0
+        self._committed: dict[int, int] = {}  # partition → the offset last committed to Kafka
+        self._rejoin_wanted = False
         self.start_offsets: dict[int, int] = {}
         self.closing = False
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
 
-    # --- lifecycle -----------------------------------------------------------------------
-
     def run(self) -> WorkerStatus:
         from pipelines import kafka
 
         self._check_table()
+        self.fence.prepare()
         self._consumer = kafka.consumer(
             self.settings,
             group_id=self.p.group_id,
@@ -182,7 +168,7 @@ class Worker:
         )
         self._producer = kafka.producer(self.settings, **{"client.id": f"nova-dlq-{self.worker_id}"})
         consumer = self._consumer
-        consumer.subscribe([self.p.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost)
+        self._subscribe()
         self._set_state("running")
         idle_since: float | None = None
         try:
@@ -197,6 +183,10 @@ class Worker:
                     idle_since = time.monotonic()
                 if self._batch_due():
                     self._flush()
+                if self._rejoin_wanted:
+                    self._rejoin()
+                if idle_since is not None and self.batch.empty():
+                    self._commit_idle_positions()
                 self._tick()
                 if self.until_caught_up and idle_since is not None and time.monotonic() - idle_since >= IDLE_GRACE_S:
                     caught_up = self._caught_up(time.monotonic() - idle_since)
@@ -217,25 +207,37 @@ class Worker:
                 self.closing = True
                 consumer.close()  # leaves the group; offsets were committed per batch
                 self._producer.flush(10)
+                self.fence.close()
                 self._set_state("stopped")
         return self.status
 
-    def _check_table(self) -> None:
-        from pipelines.ingest.state import STATE_TABLE
+    def _subscribe(self) -> None:
+        assert self._consumer is not None
+        self._consumer.subscribe(
+            [self.p.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
 
+    def _check_table(self) -> None:
         db = self.settings.clickhouse.database
-        found = {
-            r[0]
-            for r in self.store.query_rows(
-                "SELECT name FROM system.tables WHERE database = %(db)s AND name IN %(names)s",
-                {"db": db, "names": (self.p.table, STATE_TABLE)},
-            )
-        }
-        missing = {self.p.table, STATE_TABLE} - found
+        needed = {self.p.table: ("_epoch",), STATE_TABLE: STATE_COLUMNS}
+        found: dict[str, set[str]] = {}
+        for table, column in self.store.query_rows(
+            "SELECT table, name FROM system.columns WHERE database = %(db)s AND table IN %(names)s",
+            {"db": db, "names": tuple(needed)},
+        ):
+            found.setdefault(str(table), set()).add(str(column))
+        missing = sorted(set(needed) - set(found))
         if missing:
             raise StoreError(
-                f"ClickHouse table(s) {', '.join(sorted(missing))} missing in database {db}",
+                f"ClickHouse table(s) {', '.join(missing)} missing in database {db}",
                 hint="run `nova provision --yes` first",
+            )
+        lacking = [f"{t}.{c}" for t, cols in needed.items() for c in cols if c not in found[t]]
+        if lacking:
+            raise StoreError(
+                f"ClickHouse column(s) {', '.join(lacking)} missing in database {db}: the tables predate "
+                "ownership claims (fencing of stalled workers)",
+                hint="run `nova provision --yes`: it adds the columns and keeps the data",
             )
 
     # --- rebalance callbacks -------------------------------------------------------------
@@ -244,24 +246,36 @@ class Worker:
         from pipelines.kafka import OFFSET_STORED
 
         mine = [tp.partition for tp in partitions]
-        states = self._retry("reading ingest state", lambda: self.state.read(mine))
+        claims = self._retry("claiming partitions in the ingest state", lambda: self.state.claim(mine))
+        recovering = [p for p, st in claims.inherited.items() if st.state == PENDING and p not in claims.lost]
+        drained = True
+        if recovering:
+            drained = self._retry("waiting for inserts of the previous owner", self.fence.wait_for_inflight)
         for tp in partitions:
-            self.start_offsets.pop(tp.partition, None)
-            st = states.get(tp.partition)
-            if st is None:
+            p = tp.partition
+            self.start_offsets.pop(p, None)
+            self.epochs[p] = claims.epochs[p]
+            st = claims.inherited.get(p)
+            if p in claims.lost:  # a concurrent claim beat ours: let Kafka assign it afresh
+                tp.offset = OFFSET_STORED
+                self._fence_assigned({p})
+            elif st is None:
                 tp.offset = OFFSET_STORED
             elif st.state == COMMITTED:
                 tp.offset = st.end_offset + 1
-            else:  # a batch was in flight when its worker died: re-read it, insert only what's missing
-                present = self._retry(
+            else:  # a batch was in flight when its worker died or stalled: re-read it, insert only what's missing
+                copies = self._retry(
                     "checking stored offsets",
-                    partial(self.state.present_offsets, st.partition, st.begin_offset, st.end_offset),
+                    partial(self.fence.copies, self.p.topic, p, st.begin_offset, st.end_offset),
                 )
-                self.skip[tp.partition] = (st.end_offset, present)
+                self._repair(p, copies)
+                self.skip[p] = (st.end_offset, set(copies))
+                if not drained:
+                    self.verify[p] = (st.begin_offset, st.end_offset)
                 tp.offset = st.begin_offset
                 self.status.recovered_partitions += 1
             if tp.offset >= 0:
-                self.start_offsets[tp.partition] = tp.offset
+                self.start_offsets[p] = tp.offset
         consumer.incremental_assign(partitions)
         self.assigned.update(mine)
         self.ever_assigned = True
@@ -277,22 +291,50 @@ class Worker:
                 self.batch.drop_partitions(gone)
             else:
                 self._flush()
-        for p in gone:
-            self.skip.pop(p, None)
-        self.assigned -= gone
-        self.status.assigned = sorted(self.assigned)
+        self._forget(gone)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Someone else may own them already: never write their rows.
         gone = {tp.partition for tp in partitions}
         self.batch.drop_partitions(gone)
+        self._forget(gone)
+
+    def _forget(self, gone: set[int]) -> None:
         for p in gone:
             self.skip.pop(p, None)
+            self.epochs.pop(p, None)
+            self.verify.pop(p, None)
+            self._committed.pop(p, None)
+        self.fenced -= gone
+        if not self.fenced:  # Kafka took them away by itself: no rejoin needed
+            self._rejoin_wanted = False
         self.assigned -= gone
+        self.status.assigned = sorted(self.assigned)
+
+    def _fence_assigned(self, partitions: set[int]) -> None:
+        """Kafka still gives us partitions another worker has claimed since: write nothing of them,
+        and rejoin the group so that Kafka assigns them afresh (to us with a new claim, or to another)."""
+        self.fenced |= partitions
+        self.status.fenced_partitions += len(partitions)
+        self._rejoin_wanted = True
+
+    def _rejoin(self) -> None:
+        """Leave the group and join again; the revoke flushes what is ours, the assignment claims anew."""
+        assert self._consumer is not None
+        self._rejoin_wanted = False
+        self.status.reason = f"partition(s) {sorted(self.fenced)} claimed by another worker: rejoining the group"
+        self._consumer.unsubscribe()
+        deadline = time.monotonic() + self.p.session_timeout_ms / 1000
+        while self.assigned and time.monotonic() < deadline:
+            self._consumer.consume(num_messages=POLL_CHUNK, timeout=0.1)  # serves the revoke; messages re-read later
+        self._forget(set(self.assigned))
+        self.batch.drop_partitions(set(self.batch.ranges))
+        self._subscribe()
 
     # --- per chunk -----------------------------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
+        from pipelines.kafka import Message
         from pipelines.kafka import VendorError as CKafkaError
 
         good: list[Message] = []
@@ -306,8 +348,9 @@ class Worker:
                 self.status.reason = f"kafka: {err.str()}"
                 continue
             p = cast(int, m.partition())
-            if p not in self.assigned:
-                # Fetched before a rebalance took the partition away: its new owner reads it from the state.
+            if p not in self.assigned or p in self.fenced:
+                # Fetched before a rebalance took the partition away, or claimed by a successor:
+                # its owner reads it from the state.
                 continue
             skip = self.skip.get(p)
             if skip is not None:
@@ -337,8 +380,9 @@ class Worker:
         for pos, (reason, detail, rule) in dlq_by_pos.items():
             self._dead_letter(good[pos], reason, detail, rule)
 
-        parts = np.fromiter((m.partition() for m in good), dtype=np.int64, count=len(good))
-        offs = np.fromiter((m.offset() for m in good), dtype=np.int64, count=len(good))
+        # map over the unbound methods: a third cheaper than a generator, per message.
+        parts = np.fromiter(map(Message.partition, good), dtype=np.int64, count=len(good))
+        offs = np.fromiter(map(Message.offset, good), dtype=np.int64, count=len(good))
         if chunk.table is not None and chunk.table.num_rows:
             idx = chunk.rows_index
             table = chunk.table.append_column("_topic", pa.array([self.p.topic] * len(idx), pa.string()))
@@ -346,6 +390,9 @@ class Worker:
             table = table.append_column("_offset", pa.array(offs[idx], pa.uint64()))
             self.batch.tables.append(table)
             self.batch.rows += table.num_rows
+            picked = idx[::PIPELINE_SAMPLE]
+            stamps = np.fromiter((good[i].timestamp()[1] for i in picked), dtype=np.int64, count=len(picked))
+            self.batch.samples.append((parts[picked], stamps))
         valid_mask = np.zeros(len(good), dtype=bool)
         valid_mask[chunk.rows_index] = True
         for p in np.unique(parts):
@@ -377,7 +424,7 @@ class Worker:
             except BufferError:
                 self._producer.poll(0.1)
 
-    def _dlq_delivered(self, err: Any, msg: Any) -> None:
+    def _dlq_delivered(self, err: VendorError | None, msg: object) -> None:
         if err is not None:
             self.dlq_errors.append(err.str())
 
@@ -392,7 +439,7 @@ class Worker:
         return b.opened_at is not None and time.monotonic() - b.opened_at >= self.p.batch_max_seconds
 
     def _flush(self) -> None:
-        """Steps 1–5 of the module docstring; resumes at the failed step after an outage."""
+        """The batch steps of `pipelines.ingest`; resumes at the failed step after an outage."""
         b = self.batch
         if b.empty():
             return
@@ -402,7 +449,7 @@ class Worker:
                 self._flush_steps(b, retry=attempt > 0)
                 break
             except StoreError as exc:
-                if not getattr(exc, "retryable", False):
+                if not exc.retryable:
                     raise
                 attempt += 1
                 self._wait_out(f"ClickHouse unavailable: {exc.message}", attempt)
@@ -421,34 +468,92 @@ class Worker:
             if remaining or self.dlq_errors:
                 errors, self.dlq_errors = self.dlq_errors, []
                 raise KafkaError(f"{remaining} dead-letter message(s) undelivered {errors[:3]}")
+            b.phase = "check"
+        if b.phase == "check":  # before recording `pending`: are these partitions still ours?
+            self._fenced_out(b, set(b.ranges) - self.fence.owned(self._epochs_of(b)))
+            if b.empty():
+                return
             b.phase = PENDING
         if b.phase == PENDING:
-            self.state.write(b.ranges, PENDING)
+            self.state.write(b.ranges, PENDING, self.epochs)
             b.phase = "insert"
         if b.phase == "insert":
-            started = time.perf_counter()
-            if b.tables:
-                table = pa.concat_tables(b.tables) if len(b.tables) > 1 else b.tables[0]
-                if retry:
-                    table = self._without_stored(table, b.ranges)
-                now_ms = int(time.time() * 1000)
-                if table.num_rows:
-                    table = table.append_column(
-                        "_ingested_at", pa.array(np.full(table.num_rows, now_ms), pa.timestamp("ms", tz="UTC"))
-                    )
-                    self.store.insert_arrow(self.table, table)
-                self._record_latency(table, now_ms)
-            self.status.last_insert_s = time.perf_counter() - started
-            self.status.insert_s_total += self.status.last_insert_s
+            self._insert(b, retry=retry)
+            b.phase = "verify"
+        if b.phase == "verify":  # after the insert, before recording `committed`: still ours?
+            lost = set(b.ranges) - self.fence.owned(self._epochs_of(b))
+            for p in lost:  # we may have written them just before the successor claimed
+                r = b.ranges[p]
+                self._repair(p, self.fence.copies(self.p.topic, p, r.begin, r.end))
+            self._fenced_out(b, lost)
+            self._record_latency(b)
+            self._verify_recovered(b)
             b.phase = COMMITTED
         if b.phase == COMMITTED:
-            self.state.write(b.ranges, COMMITTED)
+            self.state.write(b.ranges, COMMITTED, self.epochs)
             b.phase = "commit"
         if b.phase == "commit":
             self._commit_offsets(b)
-        self.status.events += b.rows
+        rows = sum(r.rows for r in b.ranges.values())
+        self.status.events += rows
         self.status.batches += 1
-        self.status.last_batch_rows = b.rows
+        self.status.last_batch_rows = rows
+
+    def _epochs_of(self, b: _Batch) -> dict[int, int]:
+        return {p: self.epochs[p] for p in b.ranges}
+
+    def _fenced_out(self, b: _Batch, lost: set[int]) -> None:
+        if not lost:
+            return
+        self.status.fenced_rows += b.drop_partitions(lost)
+        if lost & self.assigned:
+            self._fence_assigned(lost & self.assigned)
+        self.status.fenced_partitions += len(lost - self.assigned)
+        self.status.reason = f"partition(s) {sorted(lost)} claimed by another worker: their rows dropped"
+
+    def _insert(self, b: _Batch, *, retry: bool) -> None:
+        started = time.perf_counter()
+        b.latency = None
+        if b.tables:
+            table = pa.concat_tables(b.tables) if len(b.tables) > 1 else b.tables[0]
+            if retry:
+                table = self._without_stored(table, b.ranges)
+            if table.num_rows:
+                now_ms = int(time.time() * 1000)
+                epochs = self._epochs_of(b)
+                lut = np.zeros(max(epochs) + 1, dtype=np.uint64)
+                lut[list(epochs)] = list(epochs.values())
+                parts = table["_partition"].to_numpy()
+                table = table.append_column(
+                    "_ingested_at", pa.array(np.full(table.num_rows, now_ms), pa.timestamp("ms", tz="UTC"))
+                )
+                table = table.append_column("_epoch", pa.array(lut[parts], pa.uint64()))
+                if not self.fence.insert(table, epochs):
+                    raise StoreError(
+                        f"ClickHouse restarted during the insert into {self.table}; outcome unknown",
+                        hint="retrying with the offsets already stored left out",
+                        retryable=True,
+                    )
+                done_ms = int(time.time() * 1000)
+                event = table["event_time"].cast(pa.int64()).to_numpy()
+                sampled = np.concatenate([p for p, _ in b.samples]) if b.samples else np.zeros(0, np.int64)
+                stamps = np.concatenate([ts for _, ts in b.samples]) if b.samples else np.zeros(0, np.int64)
+                b.latency = (parts, done_ms - event, sampled, done_ms - stamps)
+                newest = int(event.max())
+                self.status.newest_event_ms = max(newest, self.status.newest_event_ms or newest)
+        self.status.last_insert_s = time.perf_counter() - started
+        self.status.insert_s_total += self.status.last_insert_s
+
+    def _record_latency(self, b: _Batch) -> None:
+        if b.latency is None:
+            return
+        parts, event, sampled, pipeline = b.latency
+        if len(b.ranges) < len(np.unique(parts)):  # fenced after the insert: count only what was ours
+            ours = np.fromiter(b.ranges, dtype=np.int64)
+            event = event[np.isin(parts, ours)]
+            pipeline = pipeline[np.isin(sampled, ours)]
+        self.latency_event.record(event)
+        self.latency_pipeline.record(pipeline, weight=PIPELINE_SAMPLE)
 
     def _without_stored(self, table: pa.Table, ranges: dict[int, Range]) -> pa.Table:
         """After a failed insert whose outcome is unknown: keep only offsets not stored yet."""
@@ -456,35 +561,68 @@ class Worker:
         parts = table["_partition"].to_numpy()
         offs = table["_offset"].to_numpy()
         for p, r in ranges.items():
-            present = self.state.present_offsets(p, r.begin, r.end)
+            present = self.fence.copies(self.p.topic, p, r.begin, r.end)
             if present:
                 sel = parts == p
                 keep &= ~(sel & np.isin(offs, np.fromiter(present, dtype=np.uint64)))
                 self.status.skipped_present += len(present)
         return table.filter(pa.array(keep))
 
+    def _repair(self, partition: int, copies: dict[int, list[int]]) -> None:
+        if any(len(epochs) > 1 for epochs in copies.values()):
+            self.status.duplicates_repaired += self.fence.repair(self.p.topic, partition, copies)
+
+    def _verify_recovered(self, b: _Batch) -> None:
+        """A recovery whose wait for the previous owner's inserts timed out: once our rows of the
+        range are in, look for offsets stored twice (fencing step 5)."""
+        for p, (begin, end) in list(self.verify.items()):
+            r = b.ranges.get(p)
+            if r is not None and r.end >= end:
+                self._repair(p, self.fence.copies(self.p.topic, p, begin, end))
+                del self.verify[p]
+
     def _commit_offsets(self, b: _Batch) -> None:
+        ours = sorted(p for p in b.ranges if p in self.assigned and p not in self.fenced)
+        if not ours:
+            return
+        # The consumer's position is past transaction markers (control records, never delivered);
+        # committing it rather than last offset + 1 leaves no phantom lag of 1 after a transaction.
+        positions = self._positions(ours)
+        offsets = {p: max(b.ranges[p].end + 1, positions.get(p, -1)) for p in ours}
+        self._commit(offsets)
+
+    def _commit_idle_positions(self) -> None:
+        """Nothing in the batch and nothing arriving: commit positions that moved past markers only."""
+        now = time.monotonic()
+        if now - self._last_idle_commit < IDLE_COMMIT_S or not self.epochs:
+            return
+        self._last_idle_commit = now
+        ours = sorted(p for p in self.assigned if p not in self.fenced and p in self.epochs)
+        with contextlib.suppress(Exception):  # informational, like every offset commit here
+            ahead = {p: o for p, o in self._positions(ours).items() if o > self._committed.get(p, -1)}
+            if ahead:
+                self._commit(ahead)
+
+    def _positions(self, partitions: list[int]) -> dict[int, int]:
         from pipelines.kafka import TopicPartition
 
         assert self._consumer is not None
-        offsets = [TopicPartition(self.p.topic, p, r.end + 1) for p, r in b.ranges.items() if p in self.assigned]
-        if offsets:
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=True)
-            except Exception as exc:  # informational only: ClickHouse's state decides where to resume
-                self.status.reason = f"offset commit failed: {exc}"
+        if not partitions:
+            return {}
+        tps = self._consumer.position([TopicPartition(self.p.topic, p) for p in partitions])
+        return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
 
-    def _record_latency(self, table: pa.Table, now_ms: int) -> None:
-        if not table.num_rows:
-            return
-        ev = table["event_time"].cast(pa.int64()).to_numpy()
-        lat = now_ms - ev
-        self.latencies.append(lat)
-        self.latency_count += len(lat)
-        while self.latency_count - len(self.latencies[0]) >= LATENCY_WINDOW:
-            self.latency_count -= len(self.latencies.popleft())
-        newest = int(ev.max())
-        self.status.newest_event_ms = max(newest, self.status.newest_event_ms or newest)
+    def _commit(self, offsets: dict[int, int]) -> None:
+        from pipelines.kafka import TopicPartition
+
+        assert self._consumer is not None
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(self.p.topic, p, o) for p, o in offsets.items()], asynchronous=True
+            )
+            self._committed.update(offsets)
+        except Exception as exc:  # informational only: ClickHouse's state decides where to resume
+            self.status.reason = f"offset commit failed: {exc}"
 
     # --- waiting, status -----------------------------------------------------------------
 
@@ -492,12 +630,10 @@ class Worker:
         """Pause consumption, keep the group membership alive, back off, and let the caller retry."""
         assert self._consumer is not None
         self._set_state("waiting", reason)
-        try:
+        with contextlib.suppress(Exception):
             assignment = self._consumer.assignment()
             if assignment:
                 self._consumer.pause(assignment)
-        except Exception:
-            pass
         deadline = time.monotonic() + min(BACKOFF_MAX_S, 0.5 * 2 ** min(attempt, 5))
         while time.monotonic() < deadline:
             if self.stop_event.is_set():
@@ -514,13 +650,13 @@ class Worker:
                 self._consumer.resume(assignment)
             self._set_state("running")
 
-    def _retry(self, what: str, fn: Callable[[], Any]) -> Any:
+    def _retry(self, what: str, fn: Callable[[], T]) -> T:
         attempt = 0
         while True:
             try:
                 return fn()
             except StoreError as exc:
-                if not getattr(exc, "retryable", False):
+                if not exc.retryable:
                     raise
                 attempt += 1
                 self._set_state("waiting", f"ClickHouse unavailable while {what}: {exc.message}")
@@ -538,13 +674,19 @@ class Worker:
             # Coordinated: nothing to catch up on (the supervisor checks every partition has an owner).
             # Alone: more workers than partitions, or never assigned: give the group time to form.
             return self.coordinated or (self.ever_assigned and idle_s > 15.0) or idle_s > 30.0
+        if self.fenced:  # someone else's claim on a partition Kafka gives us: not settled yet
+            return False
         self._flush()
         lag = self._lag()
         # Every assigned partition must have a known lag of zero; unknown (no fetch yet) is not zero.
         return set(lag) >= self.assigned and all(v == 0 for v in lag.values())
 
     def _lag(self) -> dict[int, int]:
-        """Messages behind the high watermark per assigned partition; -1 where not known yet."""
+        """Messages behind the high watermark per assigned partition; -1 where not known yet.
+
+        Measured from the consumer's position, which librdkafka moves past transaction markers:
+        after a transactional producer, the marker behind the last message is no lag.
+        """
         from pipelines.kafka import TopicPartition
 
         assert self._consumer is not None
@@ -569,33 +711,35 @@ class Worker:
             return self.start_offsets[tp.partition]
         committed = self._consumer.committed([tp], timeout=5)[0].offset
         if committed >= 0:
-            return committed
+            return int(committed)
         low, _ = self._consumer.get_watermark_offsets(tp, timeout=2, cached=False)
-        return low
+        return int(low)
 
     def _tick(self, force: bool = False) -> None:
         now = time.monotonic()
         if not force and now - self._last_status < self.status_interval_s:
             return
         self._last_status = now
-        if self.latencies:
-            lat = np.concatenate(list(self.latencies))
-            p50, p99 = np.percentile(lat, [50, 99])
-            self.status.latency_p50_ms, self.status.latency_p99_ms = float(p50), float(p99)
+        s = self.status
+        s.latency_p50_ms = self.latency_event.percentile_ms(50)
+        s.latency_p99_ms = self.latency_event.percentile_ms(99)
+        s.latency_event_hist = self.latency_event.encode()
+        s.latency_pipeline_hist = self.latency_pipeline.encode()
         if self._consumer is not None and self.assigned and now - self._last_lag > 2.0 and not force:
             self._last_lag = now
             with contextlib.suppress(Exception):  # lag is for display only
                 self._lag()
-        self.status.updated_at = time.time()
+        s.updated_at = time.time()
         if self.on_status:
-            self.on_status(self.status)
+            self.on_status(s)
 
 
 class _StopDuringOutage(NovaError):
     """Stopped while waiting for a service; the ingest state makes the next run finish the batch."""
 
 
-def _worker_id(index: int) -> str:
+def worker_id(index: int) -> str:
+    """Unique among live workers: host, process id, index in the process."""
     return f"{socket.gethostname()}-{os.getpid()}-{index}"
 
 
@@ -616,7 +760,7 @@ def run_worker(
         worker = Worker(
             settings=settings,
             store=store,
-            worker_id=_worker_id(index),
+            worker_id=worker_id(index),
             until_caught_up=until_caught_up,
             on_status=on_status,
             stop_event=stop_event,
@@ -626,75 +770,3 @@ def run_worker(
             return worker.run()
         except _StopDuringOutage:
             return worker.status
-
-
-def install_stop_handlers(stop_event: threading.Event) -> None:
-    """SIGTERM/SIGINT: finish the current batch, commit, leave the group."""
-
-    def handler(signum: int, frame: Any) -> None:
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-def check_workers(settings: Settings, workers: int) -> None:
-    if workers < 1:
-        raise UsageError("--workers must be at least 1")
-    if workers > 1 and settings.clickhouse.url.startswith("chdb://"):
-        raise UsageError(
-            f"the embedded store ({settings.clickhouse.url}) serves one process; --workers {workers} needs a server",
-            hint="use --workers 1, or point clickhouse.url at clickhouse:// (nova stack up --with clickhouse-server)",
-        )
-
-
-def run_ingest(
-    *,
-    settings: Settings,
-    workers: int = 1,
-    until_caught_up: bool = False,
-    on_status: Callable[[list[WorkerStatus]], None] | None = None,
-    stop_event: threading.Event | None = None,
-) -> IngestReport:
-    """Run `workers` ingest worker processes in one consumer group until stopped (or caught up).
-
-    Workers are child processes of this one, restarted if they die. A killed worker's partitions
-    move once its group session times out (pipeline.session_timeout_ms). Static membership would
-    make restarts faster, but a static member never leaves the group on a clean exit, so every
-    later run would wait out its session; plain membership is the better trade here.
-    """
-    from pipelines.ingest.supervisor import supervise
-
-    check_workers(settings, workers)
-    started = time.time()
-    statuses = supervise(
-        settings=settings,
-        workers=workers,
-        until_caught_up=until_caught_up,
-        on_status=on_status,
-        stop_event=stop_event or threading.Event(),
-    )
-    return _report(statuses, started, workers)
-
-
-def _report(statuses: list[WorkerStatus], started: float, workers: int) -> IngestReport:
-    elapsed = max(time.time() - started, 1e-9)
-    events = sum(s.events for s in statuses)
-    rejected: dict[str, int] = {}
-    for s in statuses:
-        for k, v in s.rejected.items():
-            rejected[k] = rejected.get(k, 0) + v
-    p50 = [s.latency_p50_ms for s in statuses if s.latency_p50_ms is not None]
-    p99 = [s.latency_p99_ms for s in statuses if s.latency_p99_ms is not None]
-    return IngestReport(
-        events=events,
-        rejected=rejected,
-        batches=sum(s.batches for s in statuses),
-        elapsed_s=elapsed,
-        events_per_s=events / elapsed,
-        latency_p50_ms=max(p50) if p50 else None,
-        latency_p99_ms=max(p99) if p99 else None,
-        workers=workers,
-        recovered_partitions=sum(s.recovered_partitions for s in statuses),
-        skipped_present=sum(s.skipped_present for s in statuses),
-    )
