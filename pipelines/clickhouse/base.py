@@ -39,8 +39,6 @@ class Store:
         self._database_active = False
         self._column_cache: dict[tuple[str, str], dict[str, str]] = {}
 
-    # ---- backend hooks -----------------------------------------------------------------------
-
     def _run(self, sql: str, settings: dict[str, Any] | None) -> None:
         raise NotImplementedError
 
@@ -65,8 +63,6 @@ class Store:
 
     def _close(self) -> None:
         raise NotImplementedError
-
-    # ---- public API --------------------------------------------------------------------------
 
     def execute(
         self, sql: str, params: dict[str, Any] | None = None, *, settings: dict[str, Any] | None = None
@@ -202,8 +198,6 @@ class Store:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.backend} {self.caps.version_text} database={self.database}>"
-
-    # ---- shared helpers ----------------------------------------------------------------------
 
     def _sql(self, sql: str, params: dict[str, Any] | None) -> str:
         return substitute(sql, params, datetime64=self.caps.datetime64)

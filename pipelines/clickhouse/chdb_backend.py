@@ -129,8 +129,6 @@ class ChdbStore(Store):
             caps=Capabilities.from_version(str(version), settings=settings, timezone=timezone),
         )
 
-    # ---- connection --------------------------------------------------------------------------
-
     def _connect(self, path: Path | None) -> Any:
         try:
             return self._sqlitelike.connect(self._conn_str)
@@ -192,8 +190,6 @@ class ChdbStore(Store):
         rows = self._rows(sql)
         return rows[0][0] if rows else None
 
-    # ---- Store hooks -------------------------------------------------------------------------
-
     def _use_database(self, database: str) -> None:
         self._query_raw(f"USE {quote_identifier(database)}", "TabSeparated")
 
@@ -242,8 +238,6 @@ class ChdbStore(Store):
         types = self._column_types(db, name)
         data = chtypes.arrow_table_for_insert(columns, types, f"{db}.{name}")
         return self._insert_arrow(target, db, name, data, settings)
-
-    # ---- result typing -----------------------------------------------------------------------
 
     def _needs_conforming(self, table: pa.Table) -> bool:
         # The engine's Arrow output differs from the canonical types only for DateTime (uint32),

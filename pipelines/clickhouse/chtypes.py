@@ -210,7 +210,6 @@ def table_from_columns(names: Sequence[str], types: Sequence[str], columns: Sequ
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
-# ---------------------------------------------------------------------------------------------
 # Inserts
 
 

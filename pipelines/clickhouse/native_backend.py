@@ -97,8 +97,6 @@ class NativeStore(Store):
             caps=Capabilities.from_version(str(version), settings=settings, timezone=timezone),
         )
 
-    # ---- errors ------------------------------------------------------------------------------
-
     def _call(self, fn: Any, *args: Any, what: str = "", **kwargs: Any) -> Any:
         """Call into the driver, turning every failure into a StoreError."""
         try:
@@ -159,8 +157,6 @@ class NativeStore(Store):
                         f"clickhouse-driver cannot send the setting {name!r} to ClickHouse {self.caps.version_text}",
                         hint="this server takes only settings the driver knows the type of; use a newer server",
                     )
-
-    # ---- Store hooks -------------------------------------------------------------------------
 
     def _use_database(self, database: str) -> None:
         # USE switches this session now; reconnects (after a network error) name the database in

@@ -74,8 +74,6 @@ _LOW7 = [np.uint64(0x7F << (7 * k)) for k in range(8)]
 
 Rows = np.ndarray | None  # indices into a group's rows; None means all of them
 
-# --- results ---------------------------------------------------------------------------------
-
 
 @dataclass
 class _Values:
@@ -94,9 +92,6 @@ class _Unsupported(Exception):
 
 def _is_null(schema: Any) -> bool:
     return schema == "null" or (isinstance(schema, dict) and schema.get("type") == "null")
-
-
-# --- the columnar reader ---------------------------------------------------------------------
 
 
 class _Cursor:
@@ -382,9 +377,6 @@ class _Reader:
         return result
 
 
-# --- Arrow columns ---------------------------------------------------------------------------
-
-
 def _validity(valid: np.ndarray | None) -> tuple[pa.Buffer | None, int]:
     if valid is None:
         return None, 0
@@ -461,9 +453,6 @@ def _column(name: str, values: _Values | None, keep: np.ndarray | None, buf: np.
     bitmap, nulls = _validity(valid)
     data = np.ascontiguousarray(data, dtype=np.float64 if values.kind == "float" else np.int64)
     return pa.Array.from_buffers(typ, len(data), [bitmap, pa.py_buffer(data)], null_count=nulls)
-
-
-# --- the decoder -----------------------------------------------------------------------------
 
 
 class FastDecoder:

@@ -220,8 +220,6 @@ def load_fx_rates(path: Path) -> dict[str, FxRate]:
     return rates
 
 
-# ── building the committed files ────────────────────────────────────────────────────────────
-
 # Illustrative rates to EUR (units of EUR per unit of currency), and ISO 4217 exponents.
 _FX_TABLE = [
     ("EUR", "1.0", 2),

@@ -91,8 +91,6 @@ class Fence:
         self.stage = f"{quote_identifier(database)}.{quote_identifier(self.stage_name)}"
         self._staged_rows = 0
 
-    # --- staging table -------------------------------------------------------------------
-
     def prepare(self) -> None:
         """Create this worker's staging table afresh (the table's columns may have grown), and drop
         those of dead processes on this host (a worker of another host drops its host's)."""
@@ -116,8 +114,6 @@ class Fence:
         if self.server_checked and not self.store.closed:
             with contextlib.suppress(StoreError):  # the server may be the reason we are closing
                 self.store.execute(f"DROP TABLE IF EXISTS {self.stage}")
-
-    # --- ownership -----------------------------------------------------------------------
 
     def owned(self, epochs: dict[int, int]) -> set[int]:
         """The partitions of `epochs` whose highest claim is still this worker's."""
@@ -182,8 +178,6 @@ class Fence:
                 )
             }
         return True
-
-    # --- what is stored, and repair ------------------------------------------------------
 
     def copies(self, topic: str, partition: int, begin: int, end: int) -> dict[int, list[int]]:
         """offset → the epochs of its stored copies, for offsets [begin, end] of one partition."""

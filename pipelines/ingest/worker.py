@@ -240,8 +240,6 @@ class Worker:
                 hint="run `nova provision --yes`: it adds the columns and keeps the data",
             )
 
-    # --- rebalance callbacks -------------------------------------------------------------
-
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         from pipelines.kafka import OFFSET_STORED
 
@@ -330,8 +328,6 @@ class Worker:
         self._forget(set(self.assigned))
         self.batch.drop_partitions(set(self.batch.ranges))
         self._subscribe()
-
-    # --- per chunk -----------------------------------------------------------------------
 
     def _process(self, msgs: list[Message]) -> None:
         from pipelines.kafka import Message
@@ -427,8 +423,6 @@ class Worker:
     def _dlq_delivered(self, err: VendorError | None, msg: object) -> None:
         if err is not None:
             self.dlq_errors.append(err.str())
-
-    # --- per batch -----------------------------------------------------------------------
 
     def _batch_due(self) -> bool:
         b = self.batch
@@ -623,8 +617,6 @@ class Worker:
             self._committed.update(offsets)
         except Exception as exc:  # informational only: ClickHouse's state decides where to resume
             self.status.reason = f"offset commit failed: {exc}"
-
-    # --- waiting, status -----------------------------------------------------------------
 
     def _wait_out(self, reason: str, attempt: int) -> None:
         """Pause consumption, keep the group membership alive, back off, and let the caller retry."""

@@ -28,8 +28,6 @@ class ColdStore:
         self.target = target
         self._client: Any = None
 
-    # ---- small objects ------------------------------------------------------------------------
-
     def ensure(self) -> None:
         """Create the bucket (or directory) when missing; idempotent."""
         if self.target.scheme == "file":
@@ -147,8 +145,6 @@ class ColdStore:
         except (BotoCoreError, ClientError) as exc:
             raise self._error("cannot delete objects", exc) from None
 
-    # ---- engine table functions ---------------------------------------------------------------
-
     def read_function(self, keys: Sequence[str], structure: str) -> str:
         """`s3(...)`/`file(...)` reading exactly these Parquet objects with `structure` (name Type, …)."""
         if not keys:
@@ -171,8 +167,6 @@ class ColdStore:
         t = self.target
         url = f"{t.endpoint}/{t.bucket}/{self._key(pattern)}"
         return f"s3({literal(url)}, {literal(t.access_key_id)}, {literal(t.secret_access_key)}, 'Parquet'{tail})"
-
-    # ---- helpers --------------------------------------------------------------------------------
 
     def describe(self, key: str = "") -> str:
         if self.target.scheme == "file":

@@ -47,8 +47,6 @@ class Mover:
         self.tiers = tiers
         self.journal: Journal = life.journal(tiers.name)
 
-    # ---- planning -------------------------------------------------------------------------------
-
     def plan(self, move: Move, day: date) -> Entry:
         """A journaled entry for `move` of `day`, with what the later steps will check against."""
         t = self.tiers
@@ -103,8 +101,6 @@ class Mover:
     def _cold_source_tier(self) -> Tier | None:
         # Volumes share one table: the whole day goes cold. Tables: the warm one.
         return None if self.tiers.layout == "volume" else "warm"
-
-    # ---- running --------------------------------------------------------------------------------
 
     def run(self, entry: Entry) -> Entry:
         """Advance `entry` to its end; raises VerificationFailed (source kept) on a mismatch."""

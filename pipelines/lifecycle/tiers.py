@@ -74,8 +74,6 @@ class Tiers:
         self.http_url = http_url
         self._columns: list[tuple[str, str]] | None = None
 
-    # ---- shared ------------------------------------------------------------------------------------
-
     @property
     def qualified(self) -> str:
         return f"{quote_identifier(self.database)}.{quote_identifier(self.name)}"
@@ -155,8 +153,6 @@ class Tiers:
     def _fingerprint_on(self, store: Store, source: str, where: str, columns: list[tuple[str, str]]) -> Fingerprint:
         select = fingerprint_columns(columns, self.policy.amount_column)
         return from_row(tuple(store.query_rows(f"SELECT {select} FROM {source} WHERE {where}")[0]))
-
-    # ---- what the layouts define -------------------------------------------------------------
 
     def ensure_warm(self) -> None:
         raise NotImplementedError

@@ -181,8 +181,6 @@ class Collector:
         self._drain_target: dict[int, int] | None = None
         self._finals_at: float | None = None
 
-    # --- phases -----------------------------------------------------------------------
-
     def producer_ready(self, producer: int, users: int = 1) -> None:
         """A process's producer built its pool; `users` of the plan's producers run in it."""
         self.ready[producer] = max(users, self.ready.get(producer, 0))
@@ -264,8 +262,6 @@ class Collector:
             if why is not None:
                 return f"{step.label} broke: {why}"
         return None
-
-    # --- inputs -----------------------------------------------------------------------
 
     def add_report(self, report: dict[str, Any]) -> None:
         """A `ProducerReport` (as a dict, as it crossed the wire)."""
@@ -392,8 +388,6 @@ class Collector:
                         bucket.queryable.record(seen_us - intended_us)
         self._pending = [self._pending[i] for i in np.nonzero(keep)[0].tolist()]
 
-    # --- where a moment belongs ---------------------------------------------------------
-
     def _step_index(self, index: int) -> int:
         """A producer's step index; −1 (sent after the end: the last step's backlog) is the last step."""
         return index if 0 <= index < len(self._steps) else len(self._steps) - 1
@@ -422,8 +416,6 @@ class Collector:
             out.append(step)
         out.append(self._second(int(at_s - self.t0)))
         return out
-
-    # --- outputs ----------------------------------------------------------------------
 
     def _step_result(self, step: Step | None, bucket: _Bucket, *, now: float, provisional: bool = False) -> StepResult:
         queryable = bucket.queryable

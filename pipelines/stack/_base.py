@@ -58,8 +58,6 @@ class Service:
         self.state_dir = settings.state_dir
         self.dir = self.state_dir / self.dir_name
 
-    # --- what subclasses define -------------------------------------------------------------
-
     @property
     def pid_file(self) -> Path:
         return self.dir / f"{self.name}.pid"
@@ -103,8 +101,6 @@ class Service:
 
     def after_start(self, progress: Progress) -> None:
         """One-off setup that needs the running service (roles, databases), idempotently."""
-
-    # --- shared mechanics ---------------------------------------------------------------------
 
     def running_pid(self) -> int | None:
         """The service's live pid: from the pid file, else adopted from a matching process."""

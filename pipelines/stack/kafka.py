@@ -91,8 +91,6 @@ class Kafka(Service):
             return ("; last output lines:\n    " + "\n    ".join(tail)) if tail else ""
         return super()._log_excerpt(lines)
 
-    # --- preparation ----------------------------------------------------------------------------
-
     def prepare(self, progress: Progress) -> None:
         version = self.stack.kafka_version
         if not _VERSION.match(version):
@@ -240,8 +238,6 @@ class Kafka(Service):
                 f"kafka: formatting the storage in {self.data_dir} failed:\n    {excerpt}",
                 hint=f"see {log}; if {self.data_dir} holds a half-formatted directory, remove it and re-run",
             )
-
-    # --- running ------------------------------------------------------------------------------------
 
     def launch(self, progress: Progress) -> int:
         progress(f"starting Kafka {self.stack.kafka_version} on 127.0.0.1:{self.stack.kafka_port}…")

@@ -88,8 +88,6 @@ class Postgres(Service):
             )
         return found
 
-    # --- preparation ----------------------------------------------------------------------------
-
     def prepare(self, progress: Progress) -> None:
         _proc.ensure_apt_packages(
             "postgres", _bin_dir() is not None, ["postgresql"], log=self.state_dir / "apt.log", progress=progress
@@ -156,8 +154,6 @@ class Postgres(Service):
             "host  all all ::1/128 trust\n"
         )
         return [conf, self.data_dir / "nova.conf", self.data_dir / "pg_hba.conf"]
-
-    # --- running ------------------------------------------------------------------------------------
 
     def launch(self, progress: Progress) -> int:
         progress(f"starting PostgreSQL on 127.0.0.1:{self.stack.postgres_port}…")
