@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipelines.errors import UsageError
-from pipelines.ingest.latency import LatencyHistogram
+from pipelines.ingest.latency import PIPELINE_SAMPLE, LatencyHistogram
 from pipelines.ingest.models import IngestReport, LatencySummary, WorkerStatus
 from pipelines.ingest.supervisor import supervise
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from pipelines.config import Settings
 
 EVENT_LATENCY = "event time → insert returned"
-PIPELINE_LATENCY = "Kafka message timestamp → insert returned"
+PIPELINE_LATENCY = f"Kafka message timestamp → insert returned, 1 message in {PIPELINE_SAMPLE} sampled"
 
 
 def check_workers(settings: Settings, workers: int) -> None:
