@@ -59,6 +59,7 @@ def _root(
 def _register() -> None:
     from cli import (
         dlq,
+        fraud,
         generate,
         ingest,
         legacy,
@@ -84,6 +85,7 @@ def _register() -> None:
     app.add_typer(replay.app)
     app.add_typer(loadtest.app)
     app.add_typer(tier_migrate.app, name="tier-migrate")
+    app.add_typer(fraud.app, name="fraud")
 
 
 _register()

@@ -1,0 +1,1 @@
+"""Stateful fraud detection: per-card features over event-time windows, named rules, an optional model."""
