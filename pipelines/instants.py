@@ -41,3 +41,21 @@ def parse_day(text: str, *, option: str) -> date:
 def epoch_ms(moment: datetime) -> int:
     """An aware datetime → integer epoch milliseconds."""
     return int(moment.timestamp() * 1000)
+
+
+_DURATION_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def parse_duration_ms(text: str, *, option: str) -> int:
+    """A duration users type (`90s`, `36h`, `7d`, `2w`, `500ms`; a bare number is seconds) → milliseconds.
+
+    Raises UsageError naming `option` and the value; a negative duration is refused.
+    """
+    import re
+
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", text)
+    if match is None:
+        raise UsageError(
+            f"{option} {text!r} is not a duration", hint="use a number and a unit: 500ms, 90s, 15m, 36h, 7d, 2w"
+        )
+    return round(float(match.group(1)) * _DURATION_UNITS_MS[match.group(2) or "s"])

@@ -29,8 +29,11 @@ SUBJECT = "transactions-value"
 
 @pytest.fixture
 def schema_dir(tmp_path: Path) -> Path:
-    """A private copy of configs/schemas: tests never touch the committed one."""
-    return Path(shutil.copytree(SCHEMAS, tmp_path / "schemas"))
+    """A private copy of configs/schemas with the transactions subject only: tests never touch the committed one."""
+    directory = Path(shutil.copytree(SCHEMAS, tmp_path / "schemas"))
+    pinned = yaml.safe_load((directory / "registry.yaml").read_text())
+    (directory / "registry.yaml").write_text(yaml.safe_dump({"subjects": {SUBJECT: pinned["subjects"][SUBJECT]}}))
+    return directory
 
 
 @pytest.fixture
@@ -79,7 +82,7 @@ def test_committed_registry_pins_transactions_v1():
     registry = open_registry(settings)
     assert isinstance(registry, FileRegistry)
     assert registry.directory == SCHEMAS
-    assert registry.subjects() == [SUBJECT]
+    assert registry.subjects() == [SUBJECT, "transactions.alerts-value", "transactions.labels-value"]
     assert registry.versions(SUBJECT) == [1]
     latest = registry.latest(SUBJECT)
     assert (latest.id, latest.version) == (1, 1)

@@ -278,6 +278,8 @@ def test_provision_registers_the_pinned_contract(registry_url: str, project: Pat
         "NOVA_SCHEMA_REGISTRY__URL": registry_url,
         "NOVA_PIPELINE__TOPIC": f"{name}.tx",
         "NOVA_PIPELINE__DLQ_TOPIC": f"{name}.dlq",
+        "NOVA_DETECTION__LABELS_TOPIC": f"{name}.labels",
+        "NOVA_DETECTION__ALERTS_TOPIC": f"{name}.alerts",
         "NOVA_CLICKHOUSE__DATABASE": name,
         "NOVA_CLICKHOUSE__URL": f"chdb://{project / 'chdb'}",
     }
@@ -288,17 +290,18 @@ def test_provision_registers_the_pinned_contract(registry_url: str, project: Pat
         return [i for i in json.loads(out) if i["kind"] == "schema"]
 
     try:
+        pinned = ["transactions-value", "transactions.alerts-value", "transactions.labels-value"]
         planned = schema_items("--dry-run")
-        assert [(i["name"], i["action"]) for i in planned] == [("transactions-value", "create")]
+        assert [(i["name"], i["action"]) for i in planned] == [(s, "create") for s in pinned]
         with HttpRegistry(registry_url) as reg, pytest.raises(SchemaNotFoundError):
             reg.latest("transactions-value")  # a dry run registers nothing
         applied = schema_items("--yes")
-        assert [(i["name"], i["action"]) for i in applied] == [("transactions-value", "create")]
+        assert [(i["name"], i["action"]) for i in applied] == [(s, "create") for s in pinned]
         with HttpRegistry(registry_url) as reg:
-            assert reg.versions("transactions-value") == [1]
+            assert [reg.versions(s) for s in pinned] == [[1], [1], [1]]
         for extra in ("--dry-run", "--yes"):
             again = schema_items(extra)
-            assert [(i["name"], i["action"]) for i in again] == [("transactions-value", "unchanged")]
+            assert [(i["name"], i["action"]) for i in again] == [(s, "unchanged") for s in pinned]
     finally:
         settings = load_settings(config, environ=env)
-        kafka.delete_topics(settings, [env["NOVA_PIPELINE__TOPIC"], env["NOVA_PIPELINE__DLQ_TOPIC"]], missing_ok=True)
+        kafka.delete_topics(settings, [env[k] for k in env if k.endswith("_TOPIC")], missing_ok=True)

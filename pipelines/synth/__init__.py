@@ -1,5 +1,10 @@
 """Synthetic card transactions: the model (``model``), the malformed mix (``malformed``) and producing
-them to Kafka (``produce``)."""
+them to Kafka (``produce``).
+
+Labelled traffic for fraud detection lives beside them and is imported where used (it needs
+pyarrow): ``habits`` (legit cards with habits), ``fraud`` (the named scenarios), ``corpus``
+(a labelled corpus in event-time order; ``from_frame`` for other corpora), ``labels`` (the
+labels topic), ``labelled`` (``nova generate --fraud-rate``) and ``synccfd`` (``nova corpus``)."""
 
 from pipelines.synth.malformed import MALFORMED_KINDS
 from pipelines.synth.model import (

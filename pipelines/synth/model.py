@@ -122,6 +122,9 @@ _DIURNAL = np.array(
 )  # fmt: skip
 _NOW_JITTER_MS = 250.0  # mean lag of a "now" event behind the moment it is handed out
 _HEX = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+# first octets of the home IPs (European ISPs' ranges); any IP the generators make starts with one
+IP_FIRST_OCTETS = np.array([31, 46, 62, 77, 81, 85, 86, 88, 89, 90, 93, 94, 95, 109, 141, 176, 178,
+                            185, 188, 193, 194, 212, 213, 217])  # fmt: skip
 _UUID_POSITIONS = np.array([i for i in range(36) if i not in (8, 13, 18, 23)])
 
 
@@ -149,12 +152,24 @@ def card_population(cards: int = DEFAULT_CARDS) -> _Cards:
     dev = rng.integers(1 << 40, 1 << 47, size=cards * 2, dtype=np.int64)
     devices = np.array([f"dev_{d:012x}" for d in dev.tolist()], dtype=object)
     octets = rng.integers(1, 255, size=(cards * 2, 4))
-    octets[:, 0] = rng.choice(np.array([31, 46, 62, 77, 81, 85, 86, 88, 89, 90, 93, 94, 95, 109, 141, 176, 178,
-                                        185, 188, 193, 194, 212, 213, 217]), size=cards * 2)  # fmt: skip
+    octets[:, 0] = rng.choice(IP_FIRST_OCTETS, size=cards * 2)
     ips = np.array([f"{a}.{b}.{c}.{d}" for a, b, c, d in octets.tolist()], dtype=object)
     activity = rng.gamma(0.7, size=cards)
     cdf = np.cumsum(activity)
     return _Cards(card_ids, account_ids, devices, ips, cdf / cdf[-1])
+
+
+def uuid4_text(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n random (version 4) UUIDs in text form, as a (n, 36) ASCII byte matrix (a ``Fixed`` column)."""
+    raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    nibbles = np.empty((n, 32), dtype=np.uint8)
+    nibbles[:, 0::2] = raw >> 4
+    nibbles[:, 1::2] = raw & 0x0F
+    text = np.full((n, 36), ord("-"), dtype=np.uint8)
+    text[:, _UUID_POSITIONS] = _HEX[nibbles]
+    return text
 
 
 def zipf_weights(n: int, s: float = 1.1) -> np.ndarray:
@@ -312,14 +327,7 @@ class TransactionGenerator:
         rng = self._rng
         cards = self._cards
 
-        raw = rng.integers(0, 256, size=(n, 16), dtype=np.uint8)
-        raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
-        raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
-        nibbles = np.empty((n, 32), dtype=np.uint8)
-        nibbles[:, 0::2] = raw >> 4
-        nibbles[:, 1::2] = raw & 0x0F
-        text = np.full((n, 36), ord("-"), dtype=np.uint8)
-        text[:, _UUID_POSITIONS] = _HEX[nibbles]
+        text = uuid4_text(rng, n)
 
         m = np.searchsorted(self._m_cdf, rng.random(n), side="right")
         card = np.searchsorted(cards.cdf, rng.random(n), side="right")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -125,6 +125,7 @@ class MessageStream:
         spread_s: float | None = None,
         unknown_schema_id: int = 999_999,
         batch_size: int = 10_000,
+        chunks: Iterator[TransactionChunk] | None = None,
     ) -> None:
         if seed < 0:
             raise UsageError(f"the seed must be a non-negative integer, got {seed}")
@@ -139,7 +140,8 @@ class MessageStream:
         self.schema_id = schema_id
         self.count = count
         self._encoder = _ChunkEncoder(schema_id, schema)
-        self._chunks = TransactionGenerator(seed=seed, **options).chunks(batch_size)
+        # `chunks`: events made elsewhere (a labelled corpus, in event-time order) instead of the model's
+        self._chunks = chunks if chunks is not None else TransactionGenerator(seed=seed, **options).chunks(batch_size)
         self.valid = 0
         self.malformed = {k: 0 for k in MALFORMED_KINDS}
         self.first_event_ms: int | None = None
@@ -273,6 +275,7 @@ def open_message_stream(
     start_ms: int | None = None,
     spread_days: float | None = None,
     batch_size: int = 10_000,
+    chunks: Iterator[TransactionChunk] | None = None,
 ) -> MessageStream:
     """The configured run's messages, encoded with the subject's latest schema: `generate()` without Kafka.
 
@@ -288,7 +291,7 @@ def open_message_stream(
         settings=settings, reference=reference, schema_id=schema_id, schema=schema, seed=seed, count=count,
         duration_s=duration_s, malformed=wanted, start_ms=start_ms, spread_s=spread_s,
         unknown_schema_id=find_unknown_schema_id(registry) if wanted["unknown_schema_id"] else 999_999,
-        batch_size=batch_size,
+        batch_size=batch_size, chunks=chunks,
     )  # fmt: skip
 
 
@@ -304,6 +307,7 @@ def generate(
     start_ms: int | None = None,
     spread_days: float | None = None,
     on_progress: Callable[[int, float], None] | None = None,
+    chunks: Callable[[int], Iterator[TransactionChunk]] | None = None,
 ) -> GenerateReport:
     """Produce synthetic transactions (plus an exact malformed mix) to Kafka; every message acknowledged.
 
@@ -312,7 +316,8 @@ def generate(
     at most `rate` messages/s. Malformed messages are interleaved at seeded-random positions.
     `start_ms` / `spread_days` spread event times over a past window (`spread_days` alone: the
     last `spread_days` days); otherwise event times are now. `on_progress(produced, elapsed_s)`
-    is called a few times a second. Raises `KafkaError` if any message is not delivered.
+    is called a few times a second. `chunks(batch_size)`: the events to produce instead of the
+    model's (a labelled corpus). Raises `KafkaError` if any message is not delivered.
     """
 
     if (count is None) == (duration_s is None):
@@ -329,6 +334,7 @@ def generate(
     stream = open_message_stream(
         settings=settings, seed=seed, count=count, duration_s=duration_s, malformed=malformed,
         start_ms=start_ms, spread_days=spread_days, batch_size=batch_size,
+        chunks=chunks(batch_size) if chunks is not None else None,
     )  # fmt: skip
 
     kafka.check_reachable(settings)
