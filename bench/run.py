@@ -1,8 +1,8 @@
 """`make bench`: every benchmark, figures recorded in docs/BENCHMARKS.md.
 
 Every `bench_*.py` must be listed in BENCHMARKS (checked before anything runs). The CPU-only
-ones (codec; ingest decode + transform) go first: they need no service, and a failure there
-shows before the ingest benchmark spends minutes pre-producing millions of events.
+ones (codec; ingest decode + transform; the fraud detector core) go first: they need no service,
+and a failure there shows before the ingest benchmark spends minutes pre-producing millions of events.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS = (
     ("bench_decode.py", ["--write-docs"]),
     ("bench_fastdecode.py", ["--write-docs"]),
+    ("bench_detect.py", ["--write-docs"]),
     ("bench_ingest.py", ["--write-docs"]),
     ("bench_parity.py", ["--write-docs"]),
     ("bench_tiering.py", ["--write-docs"]),

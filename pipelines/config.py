@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import ConfigError
 
@@ -132,15 +132,80 @@ class SchemaRegistrySettings(_Section):
         return v
 
 
+_REPLICA_PATH_PLACEHOLDERS: Final = frozenset({"shard", "database", "table"})
+
+
+class ClusterSettings(_Section):
+    """A ClickHouse cluster (`<remote_servers>` on every host): how nova shards and replicates on it.
+
+    Tables become `<name><local_suffix>` (Replicated*MergeTree on every host, `ON CLUSTER`) behind a
+    `Distributed` table of the plain name, so every query nova runs reads the whole cluster.
+    """
+
+    name: Identifier = Field(..., description="Cluster name in the servers' <remote_servers> (system.clusters).")
+    shard_key: Literal["_partition"] = Field(
+        "_partition",
+        description=(
+            "Sharding key of the Distributed tables and of nova's own writes: the Kafka partition, so each "
+            "partition's rows and ingest state live on one shard and fencing holds per shard."
+        ),
+    )
+    replica_path: str = Field(
+        "/clickhouse/tables/{shard}/{database}/{table}",
+        description="ZooKeeper path of each replicated table: {shard} the server macro, {database}/{table} nova's.",
+    )
+    replica_name: str = Field("{replica}", description="Replica name of the replicated tables (the server's macro).")
+    local_suffix: str = Field("_local", description="Suffix of the shard-local tables behind each Distributed table.")
+    max_replica_delay_s: float = Field(
+        10.0, ge=0, description="A replica further behind than this (system.replicas.absolute_delay) stops provision."
+    )
+
+    @field_validator("replica_path")
+    @classmethod
+    def _replica_path(cls, v: str) -> str:
+        found = set(re.findall(r"\{([^{}]*)\}", v))
+        unknown = sorted(found - _REPLICA_PATH_PLACEHOLDERS)
+        if unknown:
+            raise ValueError(f"{v!r} has unknown placeholder {{{unknown[0]}}}: use {{shard}}, {{database}}, {{table}}")
+        missing = sorted({"shard", "table"} - found)
+        if missing:
+            raise ValueError(
+                f"{v!r} lacks {{{missing[0]}}}: without it two shards (or two tables) would share one replication log"
+            )
+        if not v.startswith("/") or "'" in v or "\\" in v:
+            raise ValueError(f"{v!r} must be an absolute ZooKeeper path (starting with /, no quotes or backslashes)")
+        return v
+
+    @field_validator("replica_name")
+    @classmethod
+    def _replica_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.{}-]+", v) or "{replica}" not in v:
+            raise ValueError(f"{v!r} must contain the {{replica}} macro (letters, digits, _ . - around it)")
+        return v
+
+    @field_validator("local_suffix")
+    @classmethod
+    def _local_suffix(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,20}", v):
+            raise ValueError(f"{v!r} must be 1 to 20 letters, digits or _ (it extends table names)")
+        return v
+
+
 class ClickHouseSettings(_Section):
     url: str = Field(
         "chdb://.nova/chdb",
-        description="chdb://PATH (embedded, one process) or clickhouse://user:pass@host:port/db (native protocol).",
+        description=(
+            "chdb://PATH (embedded, one process) or clickhouse://user:pass@host:port/db (native protocol); "
+            "with a cluster, clickhouse://user:pass@host1:port1,host2:port2/db lists the hosts tried first."
+        ),
     )
     database: Identifier = Field(
         "nova", description="Database holding nova's tables (wins over a database in the URL)."
     )
     connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout for the native protocol.")
+    cluster: ClusterSettings | None = Field(
+        None, description="A ClickHouse cluster to shard and replicate on; null (default): one server or chdb."
+    )
 
     @field_validator("url")
     @classmethod
@@ -148,6 +213,14 @@ class ClickHouseSettings(_Section):
         if not v.startswith(("chdb://", "clickhouse://")):
             raise ValueError("must start with chdb:// or clickhouse://")
         return v
+
+    @model_validator(mode="after")
+    def _cluster_needs_server(self) -> ClickHouseSettings:
+        if self.cluster is not None and not self.url.startswith("clickhouse://"):
+            raise ValueError(
+                f"clickhouse.cluster needs a server URL (clickhouse://…), not {self.url!r}: chdb is one process"
+            )
+        return self
 
 
 class LegacySettings(_Section):
@@ -191,7 +264,12 @@ class PipelineSettings(_Section):
     group_id: KafkaName = Field("nova-ingest", description="Consumer group of the ingest workers.")
     table: Identifier = Field("transactions", description="ClickHouse table of ingested transactions.")
     batch_max_rows: int = Field(100_000, ge=1, description="Insert when a batch reaches this many rows…")
-    batch_max_seconds: float = Field(1.0, gt=0, description="…or when its oldest event waited this long.")
+    batch_max_seconds: float = Field(
+        1.0, gt=0, description="…or when its oldest row has waited this long since it was consumed (latency budget)."
+    )
+    overlap_insert: bool = Field(
+        False, description="Run a batch's insert on a thread while the next batch is consumed and decoded."
+    )
     session_timeout_ms: int = Field(
         10_000, ge=1000, description="Consumer-group session timeout: how soon a dead worker's partitions move."
     )
@@ -279,6 +357,30 @@ class LoadtestSettings(_Section):
     )
 
 
+class DetectionSettings(_Section):
+    """Fraud detection in the ingest workers (`pipelines/detect`): its rules, model, topics and refresh."""
+
+    enabled: bool = Field(
+        False,
+        description=(
+            "Score every ingested row and produce alerts. Off by default: synthetic load (100k cards at 50k/s, "
+            "1,800 payments per card per hour) looks like fraud to every velocity rule; on for real or labelled traffic."
+        ),
+    )
+    config: str = Field("configs/detection.yaml", description="Rules and thresholds of the detector (YAML).")
+    labels_topic: KafkaName = Field(
+        "transactions.labels", description="Topic of late fraud labels (key transaction_id)."
+    )
+    alerts_topic: KafkaName = Field(
+        "transactions.alerts", description="Topic the alerts are produced to (key card_id)."
+    )
+    model: str | None = Field(None, description="Trained model artifact (`nova fraud train`), or null for rules only.")
+    record_scores: bool = Field(False, description="Also write every row's score to fraud_scores (evaluation).")
+    merchant_risk_refresh_s: float = Field(
+        60.0, gt=0, description="How often the workers re-read merchant risk (fraud share by merchant) from ClickHouse."
+    )
+
+
 class StackSettings(_Section):
     state_dir: str = Field(".nova", description="Where the local stack keeps data, logs and PIDs.")
     kafka_version: str = Field("4.1.1", description="Apache Kafka version fetched from Maven Central.")
@@ -290,6 +392,13 @@ class StackSettings(_Section):
     clickhouse_http_port: int = Field(18123, description="clickhouse-server HTTP port on 127.0.0.1.")
     seaweedfs_port: int = Field(
         18333, description="SeaweedFS S3 port on 127.0.0.1; its other listeners take the next six ports, gRPC +10000."
+    )
+    zookeeper_version: str = Field("3.9.4", description="Apache ZooKeeper version fetched from Maven Central.")
+    zookeeper_port: int = Field(12181, description="ZooKeeper client port on 127.0.0.1 (the local cluster's).")
+    zookeeper_heap: str = Field("256M", description="ZooKeeper JVM heap (-Xmx/-Xms).")
+    clickhouse_cluster_port: int = Field(
+        19100,
+        description="Local cluster: host i (1-3) takes native port PORT+i, HTTP PORT+10+i, interserver PORT+20+i.",
     )
 
 
@@ -307,6 +416,7 @@ class Settings(BaseModel):
     slo: SloSettings = Field(default_factory=SloSettings)  # type: ignore[arg-type]
     loadtest: LoadtestSettings = Field(default_factory=LoadtestSettings)  # type: ignore[arg-type]
     stack: StackSettings = Field(default_factory=StackSettings)  # type: ignore[arg-type]
+    detection: DetectionSettings = Field(default_factory=DetectionSettings)  # type: ignore[arg-type]
 
     # Not configuration: where the file was and what relative paths are relative to.
     source: Path = Field(default=Path("configs/nova.yaml"), exclude=True)

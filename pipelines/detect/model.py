@@ -1,0 +1,210 @@
+"""The optional model on top of the rules: trained from the detector's own features, saved as a file.
+
+`train_model` fits a gradient-boosted tree model. LightGBM is the default: on a synccfd corpus
+(470k rows, time split) it reached ROC AUC 0.90 / AP 0.69 against scikit-learn's
+HistGradientBoostingClassifier's 0.90 / 0.68, trained ~10x faster and saves as plain text, so
+loading an artifact never unpickles code (`method="hgb"` is kept for comparison). A LightGBM
+model is evaluated by `trees` (compiled) rather than `Booster.predict`, whose per-call cost
+alone would exceed the detector's CPU budget. The features are exactly
+`features.FEATURE_NAMES`, taken from `Detector.process(batch, features=True)` over labelled
+history, so training and scoring see the same numbers.
+
+An artifact is one file: a JSON header line (artifact version, model version, kind, feature
+names and feature version, SHA-256 of the payload, training summary) and the payload. Loading
+checks the hash and the version; `Detector` refuses a model whose features are not its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import numpy as np
+
+from pipelines.detect.features import FEATURE_NAMES, FEATURE_VERSION, feature_matrix
+from pipelines.detect.trees import FlatTrees, flatten_lightgbm
+from pipelines.errors import ConfigError, UsageError
+
+ARTIFACT_VERSION: Final = 1
+ARTIFACT_MAGIC: Final = "nova-fraud-model"
+Method = Literal["lightgbm", "hgb"]
+
+
+@dataclass
+class FraudModel:
+    """A trained model and what it was trained on."""
+
+    kind: Method
+    estimator: Any  # lightgbm.Booster or sklearn HistGradientBoostingClassifier
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    feature_version: int = FEATURE_VERSION
+    version: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    _flat: FlatTrees | None = field(default=None, repr=False, compare=False)
+
+    def predict(self, features: np.ndarray | Mapping[str, np.ndarray]) -> np.ndarray:
+        """P(fraud) per row (float64), from a matrix in feature_names order or named columns."""
+        matrix = feature_matrix(features) if isinstance(features, Mapping) else features
+        if len(matrix) == 0:
+            return np.zeros(0)
+        if self.kind == "lightgbm":
+            if self._flat is None:
+                self._flat = flatten_lightgbm(self.estimator)
+            return self._flat.predict(matrix)
+        return np.asarray(self.estimator.predict_proba(matrix)[:, 1], dtype=np.float64)
+
+    def check_features(self, names: Sequence[str]) -> None:
+        """ConfigError unless the model was trained on exactly these features (same version)."""
+        if tuple(self.feature_names) == tuple(names) and self.feature_version == FEATURE_VERSION:
+            return
+        missing = [n for n in names if n not in self.feature_names]
+        extra = [n for n in self.feature_names if n not in names]
+        detail = []
+        if missing:
+            detail.append(f"it lacks {', '.join(missing)}")
+        if extra:
+            detail.append(f"it has unknown {', '.join(extra)}")
+        if not detail:
+            detail.append(f"feature version {self.feature_version} (or order) differs from {FEATURE_VERSION}")
+        raise ConfigError(
+            f"fraud model {self.version!r} was trained on other features than this detector computes: "
+            + "; ".join(detail),
+            hint="retrain it with `nova fraud train`, or set detection.model to null",
+        )
+
+    def _payload(self) -> bytes:
+        if self.kind == "lightgbm":
+            return str(self.estimator.model_to_string()).encode()
+        return pickle.dumps(self.estimator, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the artifact (header line + payload); returns the path."""
+        payload = self._payload()
+        header = {
+            "magic": ARTIFACT_MAGIC,
+            "artifact_version": ARTIFACT_VERSION,
+            "version": self.version,
+            "kind": self.kind,
+            "feature_names": list(self.feature_names),
+            "feature_version": self.feature_version,
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "summary": self.summary,
+        }
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(json.dumps(header).encode() + b"\n" + payload)
+        tmp.replace(target)  # a worker loading it never sees half a file
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> FraudModel:
+        """Read an artifact written by `save`; ConfigError if it is missing, damaged or of another version."""
+        source = Path(path)
+        try:
+            data = source.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"fraud model {source} does not exist", hint="train one with `nova fraud train` or set detection.model"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read fraud model {source}: {exc.strerror}") from None
+        line, _, payload = data.partition(b"\n")
+        try:
+            header = json.loads(line)
+        except ValueError:
+            header = None
+        if not isinstance(header, dict) or header.get("magic") != ARTIFACT_MAGIC:
+            raise ConfigError(f"{source} is not a nova fraud model", hint="point detection.model at a trained artifact")
+        if header.get("artifact_version") != ARTIFACT_VERSION:
+            raise ConfigError(
+                f"fraud model {source} has artifact version {header.get('artifact_version')!r}; "
+                f"this nova reads {ARTIFACT_VERSION}",
+                hint="retrain it with `nova fraud train`",
+            )
+        if hashlib.sha256(payload).hexdigest() != header.get("sha256"):
+            raise ConfigError(f"fraud model {source} is damaged (hash mismatch)", hint="retrain it or copy it again")
+        kind = header.get("kind")
+        if kind == "lightgbm":
+            import lightgbm
+
+            estimator: Any = lightgbm.Booster(model_str=payload.decode())
+        elif kind == "hgb":
+            estimator = pickle.loads(payload)  # our own artifact (kind hgb), hash-checked above
+        else:
+            raise ConfigError(f"fraud model {source} has unknown kind {kind!r}")
+        return cls(
+            kind=kind,
+            estimator=estimator,
+            feature_names=tuple(header.get("feature_names", ())),
+            feature_version=int(header.get("feature_version", 0)),
+            version=str(header.get("version", "")),
+            summary=dict(header.get("summary") or {}),
+        )
+
+
+def train_model(
+    features: Mapping[str, np.ndarray],
+    labels: np.ndarray,
+    *,
+    method: Method = "lightgbm",
+    seed: int = 0,
+    version: str | None = None,
+    trees: int = 100,
+    leaves: int = 7,
+    learning_rate: float = 0.1,
+) -> FraudModel:
+    """Fit P(fraud | features) on labelled rows; the version defaults to `<kind>-<hash of the model>`.
+
+    The default size (100 trees of 7 leaves) was picked by measurement: on synccfd and on the
+    generator's corpus it scored within ~0.01 AP of 150 trees of 15 leaves (better on synccfd)
+    at a third of the scoring cost, which every row of the stream pays.
+    """
+    matrix = feature_matrix(features)
+    y = np.asarray(labels).astype(np.int8)
+    if len(y) != len(matrix):
+        raise UsageError(f"{len(matrix)} feature rows but {len(y)} labels")
+    positives = int(y.sum())
+    if positives == 0 or positives == len(y):
+        raise UsageError(
+            f"training needs both frauds and legitimate rows; got {positives} frauds in {len(y)} rows",
+            hint="train on a longer labelled history",
+        )
+    estimator: Any
+    if method == "lightgbm":
+        import lightgbm
+
+        params = {
+            "objective": "binary",
+            "learning_rate": learning_rate,
+            "num_leaves": leaves,
+            "min_data_in_leaf": 20,
+            "feature_fraction": 0.9,
+            "bagging_fraction": 0.8,
+            "bagging_freq": 1,
+            "seed": seed,
+            "deterministic": True,
+            "num_threads": 1,
+            "verbose": -1,
+        }
+        estimator = lightgbm.train(params, lightgbm.Dataset(matrix, y, feature_name=list(FEATURE_NAMES)), trees)
+    elif method == "hgb":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        estimator = HistGradientBoostingClassifier(
+            max_iter=trees, max_leaf_nodes=leaves, learning_rate=learning_rate, random_state=seed
+        ).fit(matrix, y)
+    else:
+        raise UsageError(f"unknown training method {method!r}; use lightgbm or hgb")
+    model = FraudModel(
+        kind=method,
+        estimator=estimator,
+        summary={"rows": len(y), "frauds": positives, "trees": trees, "leaves": leaves, "seed": seed},
+    )
+    model.version = version or f"{method}-{hashlib.sha256(model._payload()).hexdigest()[:12]}"
+    return model
