@@ -80,6 +80,10 @@ def format_report(report: IngestReport) -> Table:
     # The whole run, merged over every worker; a replay's event times make the first one large.
     _latency_rows(table, "end-to-end latency", report.latency_event)
     _latency_rows(table, "pipeline latency", report.latency_pipeline)
+    if report.alerts:
+        table.add_row("fraud alerts", f"{report.alerts:,}")
+        _latency_rows(table, "alert latency", report.latency_alert)
+        _latency_rows(table, "alert after insert", report.latency_alert_insert)
     if report.recovered_partitions:
         table.add_row("partitions recovered after a crash", f"{report.recovered_partitions}")
         table.add_row("events found already stored", f"{report.skipped_present:,}")

@@ -55,16 +55,16 @@ def test_malformed_events_land_in_the_dlq_with_their_reason(pipeline: PipelineEn
     assert pipeline.counts() == (20000, 20000)
 
 
-def test_rollups_and_alerts_follow_the_table(pipeline: PipelineEnv) -> None:
+def test_rollups_follow_the_table_and_no_alerts_with_detection_off(pipeline: PipelineEnv) -> None:
     _generate(pipeline, "--count", "5000", "--seed", "3")
     pipeline.nova("ingest", "--until-caught-up", "--quiet")
     db = pipeline.database
     total = pipeline.scalar(f"SELECT sum(amount_minor) AS s FROM {db}.transactions")
     rolled = pipeline.scalar(f"SELECT sum(amount_minor) AS s FROM {db}.transactions_by_merchant_minute")
     assert int(rolled) == int(total)
-    alerts = pipeline.scalar(f"SELECT count() AS n FROM {db}.alerts")
-    flagged = pipeline.scalar(f"SELECT countIf(risk_score >= 0.8) AS n FROM {db}.transactions")
-    assert int(alerts) == int(flagged)
+    # detection.enabled is off by default (the load generator's cards are no real cardholders):
+    # the alerts table is the stream detector's alone (tests/test_detect_runtime.py), so it stays empty.
+    assert int(pipeline.scalar(f"SELECT count() AS n FROM {db}.alerts")) == 0
     unknown = pipeline.scalar(f"SELECT countIf(merchant_name = '') AS n FROM {db}.transactions")
     assert int(unknown) == 0, "every generated merchant is in the merchant dimension"
 
@@ -225,6 +225,10 @@ def test_prometheus_metrics_endpoint(tmp_path: Path) -> None:
         assert total(text, "nova_ingest_events_total") == 5000
         assert 'reason="truncated"' in text
         assert "nova_ingest_consumer_lag" in text
+        # where the time goes, per stage (histograms re-encoded every few seconds)
+        wait_until(lambda: 'stage="insert"' in scraped(), timeout=30, what="per-stage latency metrics")
+        stages = [line for line in scraped().splitlines() if line.startswith("nova_ingest_stage_latency_ms{")]
+        assert any('quantile="0.99",stage="accumulate"' in line for line in stages), stages
         ingest.send_signal(signal.SIGTERM)
         assert ingest.wait(15) == 0
     finally:

@@ -13,7 +13,14 @@ from hdrh.histogram import HdrHistogram
 from pipelines import errors
 from pipelines.errors import NovaError, StoreError, UsageError
 from pipelines.ingest.fencing import _runs
-from pipelines.ingest.latency import HIGHEST_MS, LOWEST_MS, SIGNIFICANT_DIGITS, LatencyHistogram
+from pipelines.ingest.latency import (
+    HIGHEST_MS,
+    LOWEST_MS,
+    SIGNIFICANT_DIGITS,
+    LatencyHistogram,
+    StageLatency,
+    stage_means,
+)
 from pipelines.ingest.models import WorkerStatus
 from pipelines.ingest.run import build_report
 from pipelines.ingest.state import TAG_BITS, VERSION_FLOOR, claim_tag, next_epoch
@@ -113,3 +120,17 @@ def test_repair_spans_never_cover_a_single_copy() -> None:
     assert _runs(offsets, keep) == [(1, 3, 7), (5, 6, 7), (8, 8, 9)]
     assert _runs([1, 2, 4], {1: 7, 2: 7, 4: 7}) == [(1, 4, 7)]
     assert _runs([1, 2], {}) == []
+
+
+def test_stage_means_add_up_per_window_and_cut_by_time() -> None:
+    stages = StageLatency()
+    stages.record("insert", 200, 1000, at=1_000.0)  # window 1000
+    stages.record("insert", 400, 3000, at=1_007.0)  # window 1005
+    stages.record_many("fetch", np.array([10, 30]), weight=8, at=1_001.0)
+    windows = [stages.encoded_windows()]
+    assert stage_means(json.loads(json.dumps(windows))) == pytest.approx({"fetch": 20.0, "insert": 350.0})
+    assert stage_means(windows, start=1_005, end=1_010) == pytest.approx({"insert": 400.0})
+    assert LatencyHistogram.decode(stages.encode()["insert"]).count == 4000
+    status = WorkerStatus(worker="w", stage_hists=stages.encode(), stage_windows=stages.encoded_windows())
+    report = build_report([status], started=time.time() - 1, workers=1)
+    assert report.stages["insert"].events == 4000 and report.stage_windows == [status.stage_windows]

@@ -39,6 +39,14 @@ class TableSpec(_Spec):
     order_by: list[str]
     ttl: str | None = None
     columns: list[tuple[str, str]]
+    replaces: ReplacedTable | None = Field(
+        None, description="An older layout of this table that provision renames aside (data kept) and recreates."
+    )
+
+
+class ReplacedTable(_Spec):
+    engine: str = Field(description="Engine of the old layout (as system.tables names it), e.g. MergeTree.")
+    rename_to: str = Field(description="Name the old table is renamed to; its rows stay there.")
 
 
 class ViewSpec(_Spec):
@@ -50,6 +58,9 @@ class ViewSpec(_Spec):
 class TablesFile(_Spec):
     tables: list[TableSpec]
     views: list[ViewSpec] = Field(default_factory=list)
+    retired_views: list[str] = Field(
+        default_factory=list, description="Views of earlier layouts that provision drops where they still exist."
+    )
 
 
 def _load(path: Path, model: type[_Spec]) -> Any:

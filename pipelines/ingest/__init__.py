@@ -19,6 +19,13 @@ wakes up after its successor took over, is fenced by its claim (`pipelines.inges
 before steps 2 and 4 it checks the claim is still its own, and on a server the insert of step 3
 is checked by the server itself.
 
+A batch is due at `pipeline.batch_max_rows` or once its oldest row has waited
+`pipeline.batch_max_seconds` since it was consumed. With `pipeline.overlap_insert` the insert
+(step 3) runs on a thread while the next batch is polled and decoded; steps 4–5 follow once it
+returned, and the next batch's step 2 only after them, so the order per partition is unchanged.
+Where a row's time goes is measured per stage (`latency.STAGES`) and reported by `nova ingest
+--json` and the load test.
+
 Modules: `worker` (one worker's loop), `supervisor` (worker processes), `run` (`run_ingest`,
 the summary), `state` (ingest_state: claims and ranges), `fencing`, `latency` (histograms),
 `models` (status and report), `metrics` (Prometheus), `transform` (validate, enrich, score).

@@ -94,3 +94,82 @@ class LatencyHistogram:
             if text:
                 total._h.decode_and_add(text.encode("ascii"))
         return total
+
+
+# Where a row's time goes inside the pipeline, in the order it passes the stages. Each is recorded
+# per row (a chunk's or a batch's duration counted once for every valid row in it):
+STAGES: dict[str, str] = {
+    "fetch": "Kafka timestamp → the worker's consume returned (producer linger, broker, fetch wait; sampled)",
+    "decode": "decode, validate, enrich of the consumed chunk",
+    "detect": "fraud detection's scoring of the chunk (pipelines.ingest.detection)",
+    "accumulate": "chunk decoded → its batch started flushing (batch_max_seconds / batch_max_rows)",
+    "queue": "flush started → insert started (previous insert still running, dead letters, ownership, pending)",
+    "insert": "the INSERT itself (rows visible to SELECT when it returns)",
+    "alerts": "fraud detection writes the batch's alerts (after the insert, before the commit)",
+    "commit": "insert returned → offsets committed, alerts aside (ownership check, ingest state, Kafka commit)",
+}
+WINDOW_S = 5  # resolution of the per-window means a load test cuts per step
+MAX_WINDOWS = 240  # 20 minutes of windows (a load test's length); older ones are dropped, the histograms stay
+
+
+class StageLatency:
+    """Per-stage histograms over the whole run, and per-`WINDOW_S` sums for means over any interval.
+
+    Percentiles of stages do not add up; means do, so a breakdown of one row's latency into
+    stages (a stacked bar) uses the windows' means, and the histograms give each stage's tail.
+    """
+
+    def __init__(self) -> None:
+        self.histograms = {name: LatencyHistogram() for name in STAGES}
+        # window start (epoch s) → stage → [rows, sum of ms over those rows]
+        self.windows: dict[int, dict[str, list[float]]] = {}
+
+    def record(self, stage: str, value_ms: float, rows: int, *, at: float) -> None:
+        """One duration that `rows` rows each spent in `stage`, ending at wall-clock time `at`."""
+        if rows <= 0:
+            return
+        self.histograms[stage].record(np.array([int(value_ms)], dtype=np.int64), weight=rows)
+        self._window(stage, at, rows, max(0.0, value_ms) * rows)
+
+    def record_many(self, stage: str, values_ms: np.ndarray, *, weight: int, at: float) -> None:
+        """Per-row durations of a sample, each standing for `weight` rows."""
+        if not len(values_ms):
+            return
+        self.histograms[stage].record(values_ms, weight=weight)
+        total = float(np.clip(values_ms, 0, None).sum()) * weight
+        self._window(stage, at, len(values_ms) * weight, total)
+
+    def _window(self, stage: str, at: float, rows: int, total_ms: float) -> None:
+        start = int(at) // WINDOW_S * WINDOW_S
+        window = self.windows.get(start)
+        if window is None:
+            window = self.windows[start] = {}
+            if len(self.windows) > MAX_WINDOWS:
+                del self.windows[min(self.windows)]
+        acc = window.setdefault(stage, [0.0, 0.0])
+        acc[0] += rows
+        acc[1] += total_ms
+
+    def encode(self) -> dict[str, str]:
+        return {name: h.encode() for name, h in self.histograms.items() if h.count}
+
+    def encoded_windows(self) -> dict[str, dict[str, list[float]]]:
+        """The windows with string keys (they cross process boundaries as JSON)."""
+        return {str(k): {s: list(v) for s, v in w.items()} for k, w in self.windows.items()}
+
+
+def stage_means(
+    windows: list[dict[str, dict[str, list[float]]]], *, start: float | None = None, end: float | None = None
+) -> dict[str, float]:
+    """Mean ms per row of each stage over the windows (of any number of workers) in [start, end)."""
+    rows: dict[str, float] = {}
+    total: dict[str, float] = {}
+    for per_worker in windows:
+        for key, stages in per_worker.items():
+            at = int(key)
+            if (start is not None and at + WINDOW_S <= start) or (end is not None and at >= end):
+                continue
+            for stage, (n, ms) in stages.items():
+                rows[stage] = rows.get(stage, 0.0) + n
+                total[stage] = total.get(stage, 0.0) + ms
+    return {s: total[s] / rows[s] for s in STAGES if rows.get(s)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from pipelines.ingest.latency import LatencyHistogram
+
 if TYPE_CHECKING:
     from pipelines.ingest.models import WorkerStatus
 
@@ -49,6 +51,13 @@ class Metrics:
             labels,
             registry=self.registry,
         )
+        self.stage = Gauge(
+            "nova_ingest_stage_latency_ms",
+            "Time a row spends in each pipeline stage (pipelines.ingest.latency.STAGES), whole run of the worker",
+            ["worker", "stage", "quantile"],
+            registry=self.registry,
+        )
+        self._stage_seen: dict[tuple[str, str], str] = {}
         self.waiting = Gauge(
             "nova_ingest_waiting", "1 while the worker waits for an unavailable service", labels, registry=self.registry
         )
@@ -70,4 +79,13 @@ class Metrics:
             if s.latency_p99_ms is not None:
                 self.latency.labels(w, "0.99").set(s.latency_p99_ms)
             self.fenced.labels(w).set(s.fenced_partitions)
+            for stage, encoded in s.stage_hists.items():
+                if self._stage_seen.get((w, stage)) == encoded:
+                    continue  # re-encoded every few seconds only: decode when it changed
+                self._stage_seen[(w, stage)] = encoded
+                h = LatencyHistogram.decode(encoded)
+                for q in (50, 99):
+                    value = h.percentile_ms(q)
+                    if value is not None:
+                        self.stage.labels(w, stage, str(q / 100)).set(value)
             self.waiting.labels(w).set(1 if s.state == "waiting" else 0)

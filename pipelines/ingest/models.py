@@ -33,6 +33,10 @@ class WorkerStatus:
     # (see pipelines.ingest.latency): from event_time, and from the Kafka message timestamp.
     latency_event_hist: str = ""
     latency_pipeline_hist: str = ""
+    # Where the time goes (pipelines.ingest.latency.STAGES): per-stage histograms in the same text
+    # form, and per-window row counts and sums for means over any interval (a load test's steps).
+    stage_hists: dict[str, str] = field(default_factory=dict)
+    stage_windows: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
     newest_event_ms: int | None = None
@@ -45,6 +49,11 @@ class WorkerStatus:
     fenced_partitions: int = 0
     fenced_rows: int = 0
     duplicates_repaired: int = 0
+    # Fraud detection (pipelines.ingest.detection): alerts written, and their latency histograms
+    # (Kafka timestamp of the transaction → alert produced; insert returned → alert produced).
+    alerts: int = 0
+    latency_alert_hist: str = ""
+    latency_alert_insert_hist: str = ""
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorkerStatus:
@@ -85,3 +94,9 @@ class IngestReport:
     duplicates_repaired: int = 0
     latency_event: LatencySummary | None = None
     latency_pipeline: LatencySummary | None = None
+    # stage → percentiles over every row, merged across workers; and each worker's windows
+    stages: dict[str, LatencySummary] = field(default_factory=dict)
+    stage_windows: list[dict[str, dict[str, list[float]]]] = field(default_factory=list)
+    alerts: int = 0
+    latency_alert: LatencySummary | None = None
+    latency_alert_insert: LatencySummary | None = None

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from pipelines.errors import UsageError
-from pipelines.ingest.latency import PIPELINE_SAMPLE, LatencyHistogram
+from pipelines.ingest.latency import PIPELINE_SAMPLE, STAGES, LatencyHistogram
 from pipelines.ingest.models import IngestReport, LatencySummary, WorkerStatus
 from pipelines.ingest.supervisor import supervise
 
@@ -17,6 +17,8 @@ if TYPE_CHECKING:
 
 EVENT_LATENCY = "event time → insert returned"
 PIPELINE_LATENCY = f"Kafka message timestamp → insert returned, 1 message in {PIPELINE_SAMPLE} sampled"
+ALERT_LATENCY = "Kafka message timestamp of the transaction → alert produced"
+ALERT_INSERT_LATENCY = "insert of the transaction returned → alert produced"
 
 
 def check_workers(settings: Settings, workers: int) -> None:
@@ -83,6 +85,15 @@ def build_report(statuses: list[WorkerStatus], *, started: float, workers: int) 
         duplicates_repaired=sum(s.duplicates_repaired for s in statuses),
         latency_event=event,
         latency_pipeline=pipeline,
+        stages={
+            name: summary
+            for name, measures in STAGES.items()
+            if (summary := _summary(measures, [s.stage_hists.get(name, "") for s in statuses])) is not None
+        },
+        stage_windows=[s.stage_windows for s in statuses if s.stage_windows],
+        alerts=sum(s.alerts for s in statuses),
+        latency_alert=_summary(ALERT_LATENCY, [s.latency_alert_hist for s in statuses]),
+        latency_alert_insert=_summary(ALERT_INSERT_LATENCY, [s.latency_alert_insert_hist for s in statuses]),
     )
 
 

@@ -15,6 +15,11 @@ why). Ordering never uses the wall clock, which is no order between hosts:
 
 Rows written before claims existed have epoch 0 and a wall-clock version below VERSION_FLOOR: they
 order among themselves as they always did and lose to any claimed row.
+
+On a cluster (`ClusterStore`) a partition's state lives on the shard that holds its rows, in the
+shard-local replicated `ingest_state` table, written and read on the shard's writer replica: the
+protocol above then runs per shard exactly as on one server (the Distributed `ingest_state` is for
+people and `nova status`).
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ import hashlib
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from operator import methodcaller
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
+from pipelines.clickhouse.cluster_store import ClusterStore
 from pipelines.clickhouse.sql import literal, quote_identifier
 
 if TYPE_CHECKING:
@@ -92,8 +100,22 @@ class StateStore:
         self.table = table
         self.worker = worker
         self.tag = claim_tag(worker)
-        self.qualified = f"{quote_identifier(database)}.{quote_identifier(STATE_TABLE)}"
+        self.cluster = store if isinstance(store, ClusterStore) else None
+        self.state_table = self.cluster.local(STATE_TABLE) if self.cluster else STATE_TABLE
+        self.qualified = f"{quote_identifier(database)}.{quote_identifier(self.state_table)}"
         self._seq = 0
+
+    def _query(self, partitions: list[int] | None, sql: str, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        """Rows of `sql` (with `%(parts)s` the partitions) from the store, or from each shard holding some of them."""
+        if self.cluster is None:
+            return self.store.query_rows(sql, {**params, "parts": tuple(partitions or ())})
+        cluster = self.cluster
+        shards = cluster.by_shard(partitions) if partitions is not None else dict.fromkeys(range(cluster.shard_count))
+        rows: list[tuple[Any, ...]] = []
+        for shard, parts in shards.items():
+            args = {**params, "parts": tuple(parts or ())}
+            rows += cluster.on_shard(shard, methodcaller("query_rows", sql, args))
+        return rows
 
     def _records(self, partitions: Iterable[int] | None) -> dict[int, dict[int, PartitionState]]:
         """partition → epoch → the newest record of that claim (few claims survive merges)."""
@@ -102,11 +124,12 @@ class StateStore:
             if not partitions:
                 return {}
         where = "" if partitions is None else " AND partition IN %(parts)s"
-        rows = self.store.query_rows(
+        rows = self._query(
+            None if partitions is None else sorted(partitions),
             "SELECT partition, epoch, argMax(begin_offset, (version, seq)), argMax(end_offset, (version, seq)), "
             f"argMax(state, (version, seq)), argMax(worker, (version, seq)) FROM {self.qualified} "
             f"WHERE group_id = %(g)s AND topic = %(t)s{where} GROUP BY partition, epoch",
-            {"g": self.group_id, "t": self.topic, "parts": tuple(sorted(partitions or ()))},
+            {"g": self.group_id, "t": self.topic},
         )
         out: dict[int, dict[int, PartitionState]] = {}
         for p, epoch, begin, end, state, worker in rows:
@@ -124,15 +147,19 @@ class StateStore:
         parts = tuple(sorted(partitions))
         if not parts:
             return {}
-        rows = self.store.query_rows(
+        rows = self._query(
+            list(parts),
             f"SELECT partition, max(epoch) FROM {self.qualified} "
             "WHERE group_id = %(g)s AND topic = %(t)s AND partition IN %(parts)s GROUP BY partition",
-            {"g": self.group_id, "t": self.topic, "parts": parts},
+            {"g": self.group_id, "t": self.topic},
         )
         return {int(p): int(e) for p, e in rows}
 
     def owners_sql(self, partitions: Iterable[int]) -> str:
-        """`owners` as a subquery of (partition, epoch) pairs, for an insert the server itself fences."""
+        """`owners` as a subquery of (partition, epoch) pairs, for an insert the server itself fences.
+
+        On a cluster it reads the shard-local state: run it on the shard that holds `partitions`.
+        """
         parts = ", ".join(str(int(p)) for p in sorted(partitions))
         return (
             f"SELECT partition, max(epoch) FROM {self.qualified} WHERE group_id = {literal(self.group_id)} "
@@ -206,7 +233,14 @@ class StateStore:
                 "version": pa.array([VERSION_FLOOR + epochs[p] for p in parts], pa.uint64()),
             }
         )
-        self.store.insert_arrow(f"{self.database}.{STATE_TABLE}", data)
+        target = f"{self.database}.{self.state_table}"
+        if self.cluster is None:
+            self.store.insert_arrow(target, data)
+            return
+        shard_of = np.array([self.cluster.shard_of(p) for p in parts])
+        for shard in sorted(set(shard_of.tolist())):
+            part = data.filter(pa.array(shard_of == shard))
+            self.cluster.on_shard(shard, methodcaller("insert_arrow", target, part))
 
     def _next_seq(self) -> int:
         self._seq += 1

@@ -20,8 +20,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipelines.errors import KafkaError, NovaError, StoreError
+from pipelines.ingest.detection import DetectionStage
 from pipelines.ingest.fencing import Fence
-from pipelines.ingest.latency import PIPELINE_SAMPLE, LatencyHistogram
+from pipelines.ingest.latency import PIPELINE_SAMPLE, LatencyHistogram, StageLatency
 from pipelines.ingest.models import WorkerStatus
 from pipelines.ingest.state import COMMITTED, PENDING, STATE_COLUMNS, STATE_TABLE, Range, StateStore
 from pipelines.ingest.transform import Enricher, transform_table
@@ -57,6 +58,13 @@ class _Batch:
         # After the insert: latencies by partition (event: every row; pipeline: the samples),
         # recorded once the ownership check after the insert has said which partitions were ours.
         self.latency: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # For the stage breakdown (wall clock, epoch s): when each chunk was decoded and its valid
+        # rows; when the flush, the insert and its return happened (the last flush attempt's).
+        self.chunks: list[tuple[float, int]] = []
+        self.flush_started: float | None = None
+        self.insert_started = 0.0
+        self.insert_done = 0.0
+        self.alerts_s = 0.0  # in the detection stage's after_insert (alerts written before the commit)
 
     def empty(self) -> bool:
         return not self.ranges
@@ -128,13 +136,22 @@ class Worker:
         )
         self.fence = Fence(store, self.state, database=db, table=self.p.table, worker=worker_id)
         self.status = WorkerStatus(worker=worker_id)
+        self.detection = DetectionStage(settings=settings, store=store, worker_id=worker_id, status=self.status)
         self.batch = _Batch()
+        # The batch whose insert runs on a thread while the next one is consumed (see `_flush`),
+        # and the one the flush steps are working on (a revoke during an outage drops from both).
+        self._inflight: _Batch | None = None
+        self._insert_thread: threading.Thread | None = None
+        self._insert_error: BaseException | None = None
+        self._flushing: _Batch | None = None
         self.skip: dict[int, tuple[int, set[int]]] = {}  # partition → (recovery end, offsets already stored)
         self.epochs: dict[int, int] = {}  # partition → the claim this worker holds on it
         self.fenced: set[int] = set()  # assigned by Kafka, but claimed by another worker: not ours to write
         self.verify: dict[int, tuple[int, int]] = {}  # recovered ranges to check for copies after the insert
         self.latency_event = LatencyHistogram()
         self.latency_pipeline = LatencyHistogram()
+        self.stages = StageLatency()
+        self._last_stage_encode = 0.0
         self.dlq_errors: list[str] = []
         self.assigned: set[int] = set()
         self.ever_assigned = False
@@ -181,11 +198,13 @@ class Worker:
                     self._process(msgs)
                 elif idle_since is None:
                     idle_since = time.monotonic()
+                if self._inflight is not None and not self._insert_running():
+                    self._finish_inflight()  # commit it now: its rows are queryable already
                 if self._batch_due():
-                    self._flush()
+                    self._flush(overlap=self.p.overlap_insert)
                 if self._rejoin_wanted:
                     self._rejoin()
-                if idle_since is not None and self.batch.empty():
+                if idle_since is not None and self.batch.empty() and self._inflight is None:
                     self._commit_idle_positions()
                 self._tick()
                 if self.until_caught_up and idle_since is not None and time.monotonic() - idle_since >= IDLE_GRACE_S:
@@ -198,8 +217,7 @@ class Worker:
         finally:
             self._set_state("stopping")
             try:
-                if not self.batch.empty():
-                    self._flush()
+                self._flush()  # the insert in flight too
             except _StopDuringOutage:
                 self.batch = _Batch()  # the ingest state lets the next worker finish it
                 raise
@@ -208,6 +226,7 @@ class Worker:
                 consumer.close()  # leaves the group; offsets were committed per batch
                 self._producer.flush(10)
                 self.fence.close()
+                self.detection.close()
                 self._set_state("stopped")
         return self.status
 
@@ -243,6 +262,7 @@ class Worker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         from pipelines.kafka import OFFSET_STORED
 
+        self._join_insert()  # the claim below uses the store, which serves one statement at a time
         mine = [tp.partition for tp in partitions]
         claims = self._retry("claiming partitions in the ingest state", lambda: self.state.claim(mine))
         recovering = [p for p, st in claims.inherited.items() if st.state == PENDING and p not in claims.lost]
@@ -274,6 +294,7 @@ class Worker:
                 self.status.recovered_partitions += 1
             if tp.offset >= 0:
                 self.start_offsets[p] = tp.offset
+        self.detection.assign({tp.partition: tp.offset for tp in partitions if tp.partition not in self.fenced})
         consumer.incremental_assign(partitions)
         self.assigned.update(mine)
         self.ever_assigned = True
@@ -283,21 +304,32 @@ class Worker:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
         self.status.caught_up = False
-        if not self.batch.empty():
-            if self.status.state == "waiting" or self.closing:
-                # ClickHouse is down: hand the rows back, the next owner re-reads them from the state.
-                self.batch.drop_partitions(gone)
-            else:
-                self._flush()
+        if self.status.state == "waiting" or self.closing:
+            # ClickHouse is down: hand the rows back, the next owner re-reads them from the state.
+            for b in self._open_batches():
+                b.drop_partitions(gone)
+        else:
+            self._flush()  # the insert in flight, then the batch being filled
         self._forget(gone)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Someone else may own them already: never write their rows.
         gone = {tp.partition for tp in partitions}
-        self.batch.drop_partitions(gone)
+        self._join_insert()  # an insert already running writes them under our claim: fencing step 5 covers it
+        for b in self._open_batches():
+            b.drop_partitions(gone)
         self._forget(gone)
 
+    def _open_batches(self) -> list[_Batch]:
+        """Every batch not committed yet: in flight, in the flush steps, being filled."""
+        found: list[_Batch] = []
+        for b in (self._inflight, self._flushing, self.batch):
+            if b is not None and all(b is not f for f in found):
+                found.append(b)
+        return found
+
     def _forget(self, gone: set[int]) -> None:
+        self.detection.revoke(gone)
         for p in gone:
             self.skip.pop(p, None)
             self.epochs.pop(p, None)
@@ -319,6 +351,7 @@ class Worker:
     def _rejoin(self) -> None:
         """Leave the group and join again; the revoke flushes what is ours, the assignment claims anew."""
         assert self._consumer is not None
+        self._finish_inflight()
         self._rejoin_wanted = False
         self.status.reason = f"partition(s) {sorted(self.fenced)} claimed by another worker: rejoining the group"
         self._consumer.unsubscribe()
@@ -333,6 +366,7 @@ class Worker:
         from pipelines.kafka import Message
         from pipelines.kafka import VendorError as CKafkaError
 
+        consumed_at = time.time()
         good: list[Message] = []
         for m in msgs:
             err = m.error()
@@ -385,10 +419,18 @@ class Worker:
             table = table.append_column("_partition", pa.array(parts[idx], pa.uint32()))
             table = table.append_column("_offset", pa.array(offs[idx], pa.uint64()))
             self.batch.tables.append(table)
+            scoring = time.time()
+            self.detection.score(table, good, idx)
+            scored = time.time()
             self.batch.rows += table.num_rows
             picked = idx[::PIPELINE_SAMPLE]
             stamps = np.fromiter((good[i].timestamp()[1] for i in picked), dtype=np.int64, count=len(picked))
             self.batch.samples.append((parts[picked], stamps))
+            done = time.time()
+            self.stages.record_many("fetch", int(consumed_at * 1000) - stamps, weight=PIPELINE_SAMPLE, at=done)
+            self.stages.record("decode", (done - consumed_at - (scored - scoring)) * 1000, table.num_rows, at=done)
+            self.stages.record("detect", (scored - scoring) * 1000, table.num_rows, at=done)
+            self.batch.chunks.append((done, table.num_rows))
         valid_mask = np.zeros(len(good), dtype=bool)
         valid_mask[chunk.rows_index] = True
         for p in np.unique(parts):
@@ -432,30 +474,86 @@ class Worker:
             return True
         return b.opened_at is not None and time.monotonic() - b.opened_at >= self.p.batch_max_seconds
 
-    def _flush(self) -> None:
-        """The batch steps of `pipelines.ingest`; resumes at the failed step after an outage."""
+    def _flush(self, *, overlap: bool = False) -> None:
+        """Finish the insert in flight, then take the batch being filled through the batch steps.
+
+        With `overlap` (the main loop), the steps stop once the new batch's insert has started on a
+        thread; the loop goes on consuming and decoding the next batch meanwhile, and the steps after
+        the insert run on this thread once it returned (`_finish_inflight`). The order per partition
+        stays pending → insert → committed → commit, one batch at a time: the next batch's steps
+        begin only after the previous batch's commit. Only the insert leaves this thread, so the
+        store (one statement at a time), the consumer and the detection stage are used from here.
+        """
+        if self.batch.flush_started is None and not self.batch.empty():
+            self.batch.flush_started = time.time()  # waiting for the insert in flight is its `queue` stage
+        self._finish_inflight()
         b = self.batch
         if b.empty():
             return
-        attempt = 0
-        while True:
-            try:
-                self._flush_steps(b, retry=attempt > 0)
-                break
-            except StoreError as exc:
-                if not exc.retryable:
-                    raise
-                attempt += 1
-                self._wait_out(f"ClickHouse unavailable: {exc.message}", attempt)
-                if b.empty():  # all its partitions were revoked meanwhile; their new owner re-reads them
-                    break
-            except KafkaError as exc:
-                attempt += 1
-                self._wait_out(f"dead-letter topic unavailable: {exc.message}", attempt)
-        self._resume_all()
         self.batch = _Batch()
+        self._flush_batch(b, overlap=overlap)
 
-    def _flush_steps(self, b: _Batch, *, retry: bool) -> None:
+    def _flush_batch(self, b: _Batch, *, overlap: bool = False, failed: BaseException | None = None) -> None:
+        """The batch steps of `pipelines.ingest`; resumes at the failed step after an outage."""
+        attempt = 0
+        self._flushing = b
+        try:
+            while not b.empty():
+                try:
+                    if failed is not None:  # the insert on the thread failed: handled as if here
+                        error, failed = failed, None
+                        raise error
+                    self._flush_steps(b, retry=attempt > 0, overlap=overlap)
+                    break
+                except StoreError as exc:
+                    if not exc.retryable:
+                        raise
+                    attempt += 1
+                    self._wait_out(f"ClickHouse unavailable: {exc.message}", attempt)
+                    # if all its partitions were revoked meanwhile, their new owner re-reads them
+                except KafkaError as exc:
+                    attempt += 1
+                    self._wait_out(f"dead-letter topic unavailable: {exc.message}", attempt)
+        finally:
+            self._flushing = None
+        self._resume_all()
+
+    def _start_insert(self, b: _Batch) -> None:
+        def insert() -> None:
+            try:
+                self._insert(b, retry=False)
+            except BaseException as exc:  # handed to this thread by _finish_inflight
+                self._insert_error = exc
+
+        b.phase = "inserting"
+        self._inflight = b
+        self._insert_error = None
+        self._insert_thread = threading.Thread(target=insert, name=f"nova-insert-{self.worker_id}", daemon=True)
+        self._insert_thread.start()
+
+    def _insert_running(self) -> bool:
+        return self._insert_thread is not None and self._insert_thread.is_alive()
+
+    def _join_insert(self) -> None:
+        """Wait for the insert running on its thread, if any (its batch stays in flight)."""
+        if self._insert_thread is not None:
+            self._insert_thread.join()
+            self._insert_thread = None
+
+    def _finish_inflight(self) -> None:
+        """The steps after the insert for the batch in flight; after a failed insert, its retries."""
+        b = self._inflight
+        if b is None:
+            return
+        self._join_insert()
+        self._inflight = None
+        error, self._insert_error = self._insert_error, None
+        b.phase = "insert" if error is not None else "verify"
+        self._flush_batch(b, failed=error)
+
+    def _flush_steps(self, b: _Batch, *, retry: bool, overlap: bool = False) -> None:
+        if b.flush_started is None:
+            b.flush_started = time.time()
         if b.phase == "dlq":
             assert self._producer is not None
             remaining = self._producer.flush(30)
@@ -472,6 +570,9 @@ class Worker:
             self.state.write(b.ranges, PENDING, self.epochs)
             b.phase = "insert"
         if b.phase == "insert":
+            if overlap and not retry:
+                self._start_insert(b)
+                return
             self._insert(b, retry=retry)
             b.phase = "verify"
         if b.phase == "verify":  # after the insert, before recording `committed`: still ours?
@@ -481,6 +582,9 @@ class Worker:
                 self._repair(p, self.fence.copies(self.p.topic, p, r.begin, r.end))
             self._fenced_out(b, lost)
             self._record_latency(b)
+            alerting = time.time()
+            self.detection.after_insert(b.ranges)
+            b.alerts_s += time.time() - alerting
             self._verify_recovered(b)
             b.phase = COMMITTED
         if b.phase == COMMITTED:
@@ -492,6 +596,19 @@ class Worker:
         self.status.events += rows
         self.status.batches += 1
         self.status.last_batch_rows = rows
+        self._record_stages(b, rows)
+
+    def _record_stages(self, b: _Batch, rows: int) -> None:
+        """The batch's share of the stage breakdown (pipelines.ingest.latency.STAGES)."""
+        if not rows or b.flush_started is None or not b.insert_done:
+            return
+        now = time.time()
+        for consumed_at, n in b.chunks:
+            self.stages.record("accumulate", (b.flush_started - consumed_at) * 1000, n, at=now)
+        self.stages.record("queue", (b.insert_started - b.flush_started) * 1000, rows, at=now)
+        self.stages.record("insert", (b.insert_done - b.insert_started) * 1000, rows, at=now)
+        self.stages.record("alerts", b.alerts_s * 1000, rows, at=now)
+        self.stages.record("commit", (now - b.insert_done - b.alerts_s) * 1000, rows, at=now)
 
     def _epochs_of(self, b: _Batch) -> dict[int, int]:
         return {p: self.epochs[p] for p in b.ranges}
@@ -513,7 +630,8 @@ class Worker:
             if retry:
                 table = self._without_stored(table, b.ranges)
             if table.num_rows:
-                now_ms = int(time.time() * 1000)
+                b.insert_started = time.time()
+                now_ms = int(b.insert_started * 1000)
                 epochs = self._epochs_of(b)
                 lut = np.zeros(max(epochs) + 1, dtype=np.uint64)
                 lut[list(epochs)] = list(epochs.values())
@@ -528,7 +646,8 @@ class Worker:
                         hint="retrying with the offsets already stored left out",
                         retryable=True,
                     )
-                done_ms = int(time.time() * 1000)
+                b.insert_done = time.time()
+                done_ms = int(b.insert_done * 1000)
                 event = table["event_time"].cast(pa.int64()).to_numpy()
                 sampled = np.concatenate([p for p, _ in b.samples]) if b.samples else np.zeros(0, np.int64)
                 stamps = np.concatenate([ts for _, ts in b.samples]) if b.samples else np.zeros(0, np.int64)
@@ -582,7 +701,11 @@ class Worker:
         # The consumer's position is past transaction markers (control records, never delivered);
         # committing it rather than last offset + 1 leaves no phantom lag of 1 after a transaction.
         positions = self._positions(ours)
-        offsets = {p: max(b.ranges[p].end + 1, positions.get(p, -1)) for p in ours}
+        # A partition with messages in the batch being filled: its position is past them, not ours to commit.
+        filling = self.batch.ranges if self.batch is not b else {}
+        offsets = {
+            p: b.ranges[p].end + 1 if p in filling else max(b.ranges[p].end + 1, positions.get(p, -1)) for p in ours
+        }
         self._commit(offsets)
 
     def _commit_idle_positions(self) -> None:
@@ -717,6 +840,10 @@ class Worker:
         s.latency_p99_ms = self.latency_event.percentile_ms(99)
         s.latency_event_hist = self.latency_event.encode()
         s.latency_pipeline_hist = self.latency_pipeline.encode()
+        if force or now - self._last_stage_encode >= 5.0:  # six more histograms: not every tick
+            self._last_stage_encode = now
+            s.stage_hists = self.stages.encode()
+            s.stage_windows = self.stages.encoded_windows()
         if self._consumer is not None and self.assigned and now - self._last_lag > 2.0 and not force:
             self._last_lag = now
             with contextlib.suppress(Exception):  # lag is for display only

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.clickhouse import ddl
+from pipelines.clickhouse.sql import quote_identifier
 from pipelines.config import check_identifier
 from pipelines.errors import ConfigError, StoreError
 from pipelines.ops.provision.plan import PlanItem, run_all
@@ -55,6 +56,10 @@ def plan_clickhouse(store: Store, database: str, tables: TablesFile) -> list[Pla
         items.append(PlanItem("database", database, "unchanged", store.backend))
         rows = store.query_rows("SELECT name, engine FROM system.tables WHERE database = %(db)s", {"db": database})
         existing_tables = {str(name): str(engine) for name, engine in rows}
+    for name in tables.retired_views:  # first: an old view must not write into a table about to be replaced
+        if name in existing_tables:
+            sql = f"DROP TABLE IF EXISTS {quote_identifier(database)}.{quote_identifier(name)}"
+            items.append(PlanItem("view", name, "change", "drop (retired)", partial(store.execute, sql), (sql,)))
     for spec in tables.tables:
         items.append(_plan_table(store, database, spec, existing_tables.get(spec.name)))
     targets = {spec.name for spec in tables.tables} | set(existing_tables)
@@ -78,6 +83,16 @@ def _plan_table(store: Store, db: str, spec: TableSpec, engine: str | None) -> P
         detail = f"{spec.engine}, {len(wanted)} columns"
         return PlanItem("table", spec.name, "create", detail, partial(store.execute, sql, settings=settings), (sql,))
     wanted_engine = spec.engine.split("(")[0]
+    if engine != wanted_engine and spec.replaces is not None and engine == spec.replaces.engine:
+        old = f"{quote_identifier(db)}.{quote_identifier(spec.name)}"
+        aside = spec.replaces.rename_to
+        moves = (
+            f"RENAME TABLE {old} TO {quote_identifier(db)}.{quote_identifier(aside)}",
+            ddl.render_create_table(spec, db, store.caps),
+        )
+        detail = f"{engine} → {spec.engine}: the old table renamed to {aside} (rows kept), a new one created"
+        steps = [partial(store.execute, sql, settings=settings) for sql in moves]
+        return PlanItem("table", spec.name, "change", detail, run_all(steps), moves)
     if engine != wanted_engine:
         return PlanItem(
             "table",

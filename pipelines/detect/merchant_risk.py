@@ -1,0 +1,95 @@
+"""Merchant risk: the share of a merchant's recent transactions known to be fraud, as of an event time.
+
+Needs every partition's view (a merchant's transactions are spread over all card partitions), so
+it is read from ClickHouse rather than kept in a detector's state. "Known" means a fraud label
+whose `label_time` is at or before the as-of instant: evaluated at the detector's event-time
+watermark, a replay of months of history at full speed sees the labels that existed at each
+point of that history, not the ones that arrived by the end.
+
+As-of instants are whole steps of event time (`step_ms`): every partition's detector switches to
+the risk of step B at the first row whose watermark reaches B, so where in its stream a partition
+sees new risk does not depend on batch boundaries or on which worker runs it. The risk of a step is
+computed once per process and cached; `refresh` re-reads the current step on a wall-clock interval
+to pick up labels that arrived since (live traffic, where event time ≈ wall time).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from pipelines.clickhouse.sql import quote_identifier
+
+if TYPE_CHECKING:
+    from pipelines.clickhouse import Store
+
+DAY_MS = 86_400_000
+CACHED_STEPS = 512
+
+
+class MerchantRisk:
+    """Merchant → fraud share over [as_of − window, as_of), for merchants with at least `min_count` rows."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        database: str,
+        table: str,
+        labels_table: str,
+        window_ms: int,
+        min_count: int,
+        step_ms: int,
+    ) -> None:
+        self.store = store
+        self.transactions = f"{quote_identifier(database)}.{quote_identifier(table)}"
+        self.labels = f"{quote_identifier(database)}.{quote_identifier(labels_table)}"
+        self.window_ms = window_ms
+        self.min_count = min_count
+        self.step_ms = step_ms
+        self._cache: OrderedDict[int, dict[str, float]] = OrderedDict()
+        self._first_fraud_ms: int | None = None  # earliest fraud label_time stored, as last read
+        self._first_checked = False
+        self.queries = 0
+
+    def step_of(self, watermark_ms: int) -> int:
+        """The as-of instant in force for a detector whose watermark is `watermark_ms`."""
+        return (watermark_ms // self.step_ms) * self.step_ms
+
+    def as_of(self, as_of_ms: int, *, refresh: bool = False) -> dict[str, float]:
+        """The risk of every merchant with known fraud as of `as_of_ms` (a step); cached unless `refresh`."""
+        cached = self._cache.get(as_of_ms)
+        if cached is not None and not refresh:
+            self._cache.move_to_end(as_of_ms)
+            return cached
+        if refresh or not self._first_checked:
+            self._first_fraud_ms = self._first_fraud()
+        # No fraud known by then (a replay's early history, or no labels at all): nothing to scan.
+        risk = {} if self._first_fraud_ms is None or as_of_ms < self._first_fraud_ms else self._query(as_of_ms)
+        self._cache[as_of_ms] = risk
+        self._cache.move_to_end(as_of_ms)
+        while len(self._cache) > CACHED_STEPS:  # partitions' watermarks differ: keep many steps
+            self._cache.popitem(last=False)
+        return risk
+
+    def _first_fraud(self) -> int | None:
+        self._first_checked = True
+        rows = self.store.query_rows(
+            f"SELECT toInt64(toUnixTimestamp(min(label_time))) * 1000, count() FROM {self.labels} WHERE is_fraud = 1"
+        )
+        first, n = rows[0]
+        return int(first) if int(n) else None
+
+    def _query(self, as_of_ms: int) -> dict[str, float]:
+        self.queries += 1
+        hi = datetime.fromtimestamp(as_of_ms / 1000, UTC)
+        lo = datetime.fromtimestamp((as_of_ms - self.window_ms) / 1000, UTC)
+        rows = self.store.query_rows(
+            f"SELECT merchant_id, count() AS n, countIf(transaction_id IN ("
+            f"SELECT transaction_id FROM {self.labels} WHERE is_fraud = 1 AND label_time <= %(hi)s"
+            f")) AS fraud FROM {self.transactions} WHERE event_time >= %(lo)s AND event_time < %(hi)s "
+            "GROUP BY merchant_id HAVING n >= %(min)s AND fraud > 0",
+            {"lo": lo, "hi": hi, "min": self.min_count},
+        )
+        return {str(m): float(f) / float(n) for m, n, f in rows}

@@ -1,0 +1,543 @@
+"""The fraud detector inside an ingest worker: what `pipelines.ingest.worker` calls, and nothing else.
+
+Why in the worker: the batch is already decoded and enriched there; a card's state follows the
+worker's partition assignment (topic key = card_id); on the embedded store only this process may
+open the database; and an alert can go out right after the insert of its row commits.
+
+One `Detector` per assigned partition, fed that partition's valid rows in offset order:
+
+- **score** (per polled chunk, before the insert): rows at or below the partition's position (the
+  last offset the detector reflects) are skipped, so a row reaches the detector once whatever the
+  worker re-reads. Alert rows wait in memory for their batch.
+- **after_insert** (the batch is stored and the ownership check after the insert passed; before
+  the worker records `committed`): the batch's alerts go to the `alerts` table and topic
+  (`pipelines.detect.alerts`), its scores to `fraud_scores` when `detection.record_scores`. The
+  worker may already be scoring the next batch while this one is inserted, so held rows carry
+  their last offset and only those the batch's ranges cover go out.
+- **snapshots** (`pipelines.detect.snapshot`): every SNAPSHOT_INTERVAL_S the state is captured
+  between two chunks (it then reflects exactly the rows up to the partition's position) and saved
+  once that offset is stored, so a snapshot never reflects a row that is not in the table.
+- **assign**: restore the newest snapshot (or start empty, and rebuild from the partition's rows
+  within the detector's longest window) and replay the stored rows after its offset from
+  ClickHouse. Rows before the worker's resume offset had their alerts written (the worker records
+  `committed` only after `after_insert`): replayed with emit=False. Rows from the resume offset on
+  belong to a `pending` range the previous owner may have stored without alerting: replayed with
+  emit=True, and the alerts not in the table yet are written (their `produced_at` is the row's
+  insert time, as the Kafka timestamp is not stored).
+- **revoke**: snapshot the partitions whose state is exactly their stored rows, drop the detectors.
+
+So a kill -9 anywhere leaves the alerts of a run without kills: each row is scored once by a
+detector whose state is the same deterministic function of the partition's earlier rows.
+
+Merchant risk (`pipelines.detect.merchant_risk`) changes at whole steps of event time, at the
+first row whose watermark reaches the step, so where a partition's stream sees new risk does not
+depend on batches; a wall-clock refresh every `detection.merchant_risk_refresh_s` re-reads the
+current step for labels that arrived since (live traffic). Labels are consumed by
+`pipelines.detect.labels` in a thread of this process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+
+from pipelines.errors import StoreError
+from pipelines.ingest.latency import LatencyHistogram
+
+if TYPE_CHECKING:
+    from pipelines.clickhouse import Store
+    from pipelines.config import Settings
+    from pipelines.detect.alerts import AlertSink
+    from pipelines.detect.engine import Detector
+    from pipelines.detect.labels import LabelConsumer
+    from pipelines.detect.merchant_risk import MerchantRisk
+    from pipelines.detect.snapshot import SnapshotStore
+    from pipelines.ingest.models import WorkerStatus
+    from pipelines.ingest.state import Range
+    from pipelines.kafka import Message, Producer
+
+SNAPSHOT_INTERVAL_S = 10.0
+ALERT_SUBJECT = "transactions.alerts-value"
+LONGEST_WINDOW_MS = 30 * 86_400_000  # the detector's longest window (features: 1 min … 30 d)
+MERCHANT_RISK_WINDOW_MS = 28 * 86_400_000
+MERCHANT_RISK_MIN_COUNT = 10
+MERCHANT_RISK_STEP_MS = 3_600_000
+STATUS_INTERVAL_S = 0.5
+MS = pa.timestamp("ms", tz="UTC")
+# The batch columns of the design (pipelines.detect.engine.Detector.process), in ClickHouse order.
+BATCH_TYPES: dict[str, pa.DataType] = {
+    "transaction_id": pa.string(),
+    "event_time": MS,
+    "card_id": pa.string(),
+    "merchant_id": pa.string(),
+    "merchant_category": pa.string(),
+    "amount_minor": pa.int64(),
+    "amount_reporting_minor": pa.int64(),
+    "currency": pa.string(),
+    "country": pa.string(),
+    "channel": pa.string(),
+    "status": pa.string(),
+    "device_id": pa.string(),
+    "ip_address": pa.string(),
+    "latitude": pa.float64(),
+    "longitude": pa.float64(),
+}
+
+
+class _Scores:
+    """One partition's outputs for some rows, concatenated over merchant-risk steps."""
+
+    def __init__(self) -> None:
+        self.score: list[np.ndarray] = []
+        self.alert: list[np.ndarray] = []
+        self.rules: list[tuple[str, ...]] = []
+
+    def add(self, score: np.ndarray, alert: np.ndarray, rules: Sequence[tuple[str, ...]]) -> None:
+        self.score.append(np.asarray(score, dtype=np.float32))
+        self.alert.append(np.asarray(alert, dtype=bool))
+        self.rules.extend(rules)
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+        if not self.score:
+            return np.zeros(0, np.float32), np.zeros(0, bool), []
+        return np.concatenate(self.score), np.concatenate(self.alert), self.rules
+
+
+class DetectionStage:
+    """The detectors of one worker's partitions; every method is a no-op when detection is off."""
+
+    def __init__(self, *, settings: Settings, store: Store, worker_id: str, status: WorkerStatus) -> None:
+        ds = settings.detection
+        self.enabled = ds.enabled
+        self.status = status
+        if not self.enabled:
+            return
+        from pipelines.detect.alerts import AlertSink
+        from pipelines.detect.config import load_detection_config
+        from pipelines.detect.features import STATE_VERSION
+        from pipelines.detect.labels import LABELS_TABLE
+        from pipelines.detect.merchant_risk import MerchantRisk
+        from pipelines.detect.model import FraudModel
+        from pipelines.detect.snapshot import SnapshotStore
+
+        self.settings = settings
+        self.store = store
+        self.worker_id = worker_id
+        self.ds = ds
+        self.config = load_detection_config(settings.resolve(ds.config))
+        self.model = FraudModel.load(settings.resolve(ds.model)) if ds.model else None
+        self.model_version = self.model.version if self.model is not None else ""
+        p = settings.pipeline
+        db = settings.clickhouse.database
+        self.topic = p.topic
+        self.transactions = f"{db}.{p.table}"
+        # The card state does not depend on the rules or the model (configs/detection.yaml may change
+        # freely): only its format version decides which snapshots this code can restore.
+        self.snapshots: SnapshotStore = SnapshotStore(
+            store, database=db, group_id=p.group_id, topic=p.topic, config_hash=f"state-v{STATE_VERSION}"
+        )
+        self.risk: MerchantRisk = MerchantRisk(
+            store,
+            database=db,
+            table=p.table,
+            labels_table=LABELS_TABLE,
+            window_ms=MERCHANT_RISK_WINDOW_MS,
+            min_count=MERCHANT_RISK_MIN_COUNT,
+            step_ms=MERCHANT_RISK_STEP_MS,
+        )
+        self.sink: AlertSink = AlertSink(store, database=db, producer=None, topic=ds.alerts_topic, encoder=None)
+        self.detectors: dict[int, Detector] = {}
+        self.position: dict[int, int] = {}  # partition → last offset the detector reflects
+        self.stored: dict[int, int] = {}  # partition → last offset of a batch after_insert has seen
+        self.snapshot_offset: dict[int, int] = {}
+        self.snapshot_at: dict[int, float] = {}
+        self.risk_step: dict[int, int] = {}  # partition → the merchant-risk step its detector is at
+        self.risk_map: dict[int, dict[str, float]] = {}  # partition → the risk its detector has
+        # Per partition, (last offset of the chunk, rows) awaiting their batch's insert. The worker
+        # may score the next batch while this one is inserted: after_insert takes only the chunks
+        # its ranges cover.
+        self.pending: dict[int, list[tuple[int, pa.Table]]] = {}  # alert rows
+        self.pending_scores: dict[int, list[tuple[int, pa.Table]]] = {}
+        # A snapshot taken between chunks, (offset it reflects, bytes), saved once that offset is stored.
+        self.candidate: dict[int, tuple[int, bytes]] = {}
+        self.latency_alert = LatencyHistogram()
+        self.latency_alert_insert = LatencyHistogram()
+        self.labels: LabelConsumer | None = None
+        self._producer: Producer | None = None
+        self._last_refresh = time.monotonic()
+        self._last_status = 0.0
+        self.alerts = 0
+        self.recovered_alerts = 0
+
+    def _start(self) -> None:
+        """Kafka clients, once the worker is running (the first assignment)."""
+        if self._producer is not None:
+            return
+        from pipelines import kafka
+        from pipelines.contracts.codec import Decoder, Encoder
+        from pipelines.contracts.registry import open_registry
+        from pipelines.detect.labels import LabelConsumer
+
+        registry = open_registry(self.settings)
+        latest = registry.latest(ALERT_SUBJECT)  # one record schema, whatever the topic is called
+        self._producer = kafka.producer(self.settings, **{"client.id": f"nova-alerts-{self.worker_id}"})
+        self.sink.producer = self._producer
+        self.sink.encoder = Encoder(latest.id, latest.schema.raw)
+        self.labels = LabelConsumer(
+            self.settings,
+            self.store,
+            database=self.settings.clickhouse.database,
+            topic=self.ds.labels_topic,
+            group_id=f"{self.settings.pipeline.group_id}-labels",
+            decoder=Decoder(registry),
+        )
+        self.labels.start()
+
+    def assign(self, resume: Mapping[int, int]) -> None:
+        """Partitions this worker now owns, each with the first offset Kafka will deliver (< 0: unknown)."""
+        if not self.enabled:
+            return
+        self._start()
+        for partition, offset in resume.items():
+            self._restore(partition, offset)
+
+    def revoke(self, partitions: set[int]) -> None:
+        """Partitions this worker no longer owns: snapshot the ones whose state is all stored rows."""
+        if not self.enabled:
+            return
+        for p in partitions:
+            if p not in self.detectors:
+                continue
+            with contextlib.suppress(StoreError):  # a snapshot saves replay work; its loss costs only that
+                if self.stored.get(p, -1) == self.position.get(p):
+                    self._save(p, self.position[p], self.detectors[p].snapshot())
+                elif p in self.candidate and self.candidate[p][0] <= self.stored.get(p, -1):
+                    self._save(p, *self.candidate[p])
+            for d in (self.detectors, self.position, self.stored, self.snapshot_offset, self.snapshot_at):
+                d.pop(p, None)
+            self.candidate.pop(p, None)
+            self.risk_step.pop(p, None)
+            self.risk_map.pop(p, None)
+            self.pending.pop(p, None)
+            self.pending_scores.pop(p, None)
+
+    def score(self, table: pa.Table, messages: Sequence[Message], rows_index: np.ndarray) -> None:
+        """Score a polled chunk's valid rows (the `transactions` columns, _partition, _offset).
+
+        `messages[rows_index[i]]` is the Kafka message of row i (for the alert's produced_at).
+        """
+        if not self.enabled or not table.num_rows:
+            return
+        parts = table["_partition"].to_numpy()
+        offsets = table["_offset"].to_numpy().astype(np.int64)
+        for p in np.unique(parts).tolist():
+            det = self.detectors.get(p)
+            if det is None:
+                continue
+            rows = np.flatnonzero((parts == p) & (offsets > self.position[p]))
+            if not len(rows):
+                continue
+            sub = table.take(pa.array(rows)) if len(rows) < table.num_rows else table
+            if p not in self.candidate and time.monotonic() - self.snapshot_at[p] >= SNAPSHOT_INTERVAL_S:
+                # Between chunks the state is exactly the rows up to `position`: keep it until they are stored.
+                self.candidate[p] = (self.position[p], det.snapshot())
+                self.snapshot_at[p] = time.monotonic()
+            scores = self._process(p, det, sub, emit=True)
+            self.position[p] = int(offsets[rows[-1]])
+            stamps = _kafka_ms(messages, rows_index, rows, scores[1] if not self.ds.record_scores else None)
+            self._queue(p, self.position[p], sub, scores, stamps)
+        self._refresh_risk()
+
+    def after_insert(self, ranges: Mapping[int, Range]) -> None:
+        """The batch of `ranges` is stored and still this worker's: write its alerts and scores."""
+        if not self.enabled:
+            return
+        inserted_ms = int(time.time() * 1000)
+        ours = [p for p in ranges if p in self.detectors]
+        alerts = [t for p in ours for last, t in self.pending.get(p, ()) if last <= ranges[p].end]
+        scores = [t for p in ours for last, t in self.pending_scores.get(p, ()) if last <= ranges[p].end]
+        if alerts:
+            table = pa.concat_tables(alerts)
+            alerted_ms = int(time.time() * 1000)
+            table = table.set_column(
+                table.schema.get_field_index("alerted_at"),
+                "alerted_at",
+                pa.array(np.full(table.num_rows, alerted_ms), MS),
+            )
+            self.sink.write(table)
+            # Measured to when the alerts are out (table insert and topic acknowledged), not to alerted_at.
+            out_ms = int(time.time() * 1000)
+            produced = table["produced_at"].cast(pa.int64()).to_numpy()
+            self.latency_alert.record(out_ms - produced)
+            self.latency_alert_insert.record(np.full(table.num_rows, out_ms - inserted_ms))
+            self.alerts += table.num_rows
+        if scores:
+            self.sink.write_scores(pa.concat_tables(scores))
+        for p in ours:
+            end = ranges[p].end
+            for held in (self.pending, self.pending_scores):
+                if p in held:
+                    held[p] = [(last, t) for last, t in held[p] if last > end]
+            # Every row of the batch up to its end went through score(); offsets past the last valid
+            # row (dead letters) have no row: the state reflects the whole range.
+            if self.position[p] < end:
+                self.position[p] = end
+            self.stored[p] = max(end, self.stored.get(p, -1))
+            candidate = self.candidate.get(p)
+            if candidate is not None and candidate[0] <= self.stored[p]:
+                del self.candidate[p]
+                self._save(p, *candidate)
+        self._report()
+
+    def close(self) -> None:
+        """The worker stops (its partitions were revoked, and snapshotted, by the consumer's close)."""
+        if not self.enabled:
+            return
+        if self.labels is not None:
+            self.labels.stop()
+        if self._producer is not None:
+            self._producer.flush(10)
+        self._report(force=True)
+
+    def _restore(self, p: int, resume: int) -> None:
+        from pipelines.detect.engine import Detector
+
+        snap = self.snapshots.load(p)
+        det: Detector | None = None
+        if snap is not None:
+            try:
+                det = Detector.restore(self.config, snap.data, model=self.model)
+            except StoreError:  # a snapshot this code cannot read (another state version): rebuild instead
+                det = None
+        if det is None:
+            snap = None
+            det = Detector(self.config, model=self.model)
+        position = snap.offset if snap is not None else -1
+        self.detectors[p] = det
+        self.position[p] = position
+        self.stored[p] = position
+        self.snapshot_offset[p] = position
+        self.snapshot_at[p] = 0.0  # due at the first stored batch: the next owner then replays little
+        self.risk_step[p] = -1
+        replay = self._stored_rows(p, position, rebuild=snap is None)
+        if replay.num_rows:
+            offsets = replay["_offset"].to_numpy().astype(np.int64)
+            emit_from = int(np.searchsorted(offsets, resume)) if resume >= 0 else len(offsets)
+            if emit_from:
+                self._process(p, det, replay.slice(0, emit_from), emit=False)
+            if emit_from < len(offsets):
+                tail = replay.slice(emit_from)
+                scores = self._process(p, det, tail, emit=True)
+                self._recover_alerts(tail, scores)
+                if self.ds.record_scores:  # the previous owner may have died before writing them
+                    stored_ms = tail["_ingested_at"].cast(pa.int64()).to_numpy()
+                    self.sink.write_scores(_score_rows(tail, scores[0], scores[2], stored_ms))
+            self.position[p] = int(offsets[-1])
+            self.stored[p] = self.position[p]
+        self._set_risk(p, det, self.risk.step_of(det.watermark_ms) if det.watermark_ms else 0)
+
+    def _stored_rows(self, p: int, after: int, *, rebuild: bool) -> pa.Table:
+        """The partition's stored rows after offset `after`, in offset order (a rebuild: within the longest window)."""
+        cols = ", ".join(BATCH_TYPES)
+        where = "_topic = %(t)s AND _partition = %(p)s AND _offset > %(after)s"
+        if rebuild:
+            where += (
+                f" AND event_time >= (SELECT max(event_time) FROM {self.transactions} "
+                f"WHERE _topic = %(t)s AND _partition = %(p)s) - INTERVAL {LONGEST_WINDOW_MS // 1000} SECOND"
+            )
+        table = self.store.query_arrow(
+            f"SELECT {cols}, risk_score, _offset, _ingested_at FROM {self.transactions} WHERE {where} "
+            "ORDER BY _offset LIMIT 1 BY _offset",
+            {"t": self.topic, "p": p, "after": after},
+        )
+        return _conform(table)
+
+    def _process(
+        self, p: int, det: Detector, rows: pa.Table, *, emit: bool
+    ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
+        """`det.process` over `rows`, switching merchant risk at each event-time step the watermark reaches."""
+        out = _Scores()
+        if not emit:  # warm-up: no score is kept, so risk only matters from the end on
+            det.process(rows, emit=False)
+            return out.arrays()
+        event = rows["event_time"].cast(pa.int64()).to_numpy()
+        watermark = np.maximum.accumulate(np.maximum(event, det.watermark_ms or np.iinfo(np.int64).min))
+        steps = (watermark // self.risk.step_ms) * self.risk.step_ms
+        starts = [0, *(np.flatnonzero(np.diff(steps)) + 1).tolist()]
+        # Cut the rows only where the risk itself changes: a step with the same risk (no new
+        # labels, the usual case) costs no extra process() call.
+        segments: list[tuple[int, int, dict[str, float]]] = []
+        current = self.risk_map.get(p)
+        for a in starts:
+            step = int(steps[a])
+            risk = self.risk.as_of(step) if step != self.risk_step[p] else current
+            self.risk_step[p] = step
+            if risk != current or not segments:
+                segments.append((a, step, risk if risk is not None else {}))
+                current = risk
+        bounds = [a for a, _, _ in segments[1:]] + [len(steps)]
+        for (a, step, risk), b in zip(segments, bounds, strict=True):
+            if risk is not self.risk_map.get(p):
+                det.set_merchant_risk(risk, step)
+                self.risk_map[p] = risk
+            part = rows.slice(a, b - a) if (a, b) != (0, len(steps)) else rows
+            scored = det.process(part, emit=True)
+            out.add(scored.score, scored.alert, scored.rules)
+        return out.arrays()
+
+    def _set_risk(self, p: int, det: Detector, step: int, *, refresh: bool = False) -> None:
+        risk = self.risk.as_of(step, refresh=refresh)
+        if risk != self.risk_map.get(p):
+            det.set_merchant_risk(risk, step)
+        self.risk_map[p] = risk
+        self.risk_step[p] = step
+
+    def _refresh_risk(self) -> None:
+        """Every merchant_risk_refresh_s: the labels that arrived since, for each detector's current step."""
+        now = time.monotonic()
+        if now - self._last_refresh < self.ds.merchant_risk_refresh_s:
+            return
+        self._last_refresh = now
+        refreshed: set[int] = set()
+        for p, det in self.detectors.items():
+            step = self.risk_step.get(p, -1)
+            if step >= 0:
+                self._set_risk(p, det, step, refresh=step not in refreshed)
+                refreshed.add(step)
+
+    def _queue(
+        self,
+        p: int,
+        last: int,
+        rows: pa.Table,
+        scores: tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]],
+        stamps: np.ndarray,
+    ) -> None:
+        """Hold the chunk's alert rows (and every score, if recorded) until its batch is stored."""
+        score, alert, rules = scores
+        if self.ds.record_scores:
+            self.pending_scores.setdefault(p, []).append((last, _score_rows(rows, score, rules, stamps)))
+        if alert.any():
+            picked = np.flatnonzero(alert)
+            found = rows.take(pa.array(picked))
+            alerts = _alert_rows(found, score[picked], [rules[i] for i in picked], stamps[picked], self.model_version)
+            self.pending.setdefault(p, []).append((last, alerts))
+
+    def _recover_alerts(self, rows: pa.Table, scores: tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]) -> None:
+        """Alerts of a `pending` range re-read after a crash: write the ones the table lacks."""
+        score, alert, rules = scores
+        if not alert.any():
+            return
+        picked = np.flatnonzero(alert)
+        found = rows.take(pa.array(picked))
+        ids = found["transaction_id"].to_pylist()
+        present = {
+            str(r[0])
+            for r in self.store.query_rows(
+                f"SELECT transaction_id FROM {self.sink.alerts} WHERE transaction_id IN %(ids)s", {"ids": tuple(ids)}
+            )
+        }
+        keep = np.array([i not in present for i in ids], dtype=bool)
+        if not keep.any():
+            return
+        stamps = found["_ingested_at"].cast(pa.int64()).to_numpy()
+        table = _alert_rows(found, score[picked], [rules[i] for i in picked], stamps, self.model_version)
+        table = table.filter(pa.array(keep))
+        self.sink.write(
+            table.set_column(
+                table.schema.get_field_index("alerted_at"),
+                "alerted_at",
+                pa.array(np.full(table.num_rows, int(time.time() * 1000)), MS),
+            )
+        )
+        self.alerts += table.num_rows
+        self.recovered_alerts += table.num_rows
+
+    def _save(self, p: int, offset: int, data: bytes) -> None:
+        if offset > self.snapshot_offset.get(p, -1):
+            self.snapshots.save(p, offset, data, self.worker_id)
+            self.snapshot_offset[p] = offset
+
+    def _report(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_status < STATUS_INTERVAL_S:
+            return
+        self._last_status = now
+        self.status.alerts = self.alerts
+        self.status.latency_alert_hist = self.latency_alert.encode()
+        self.status.latency_alert_insert_hist = self.latency_alert_insert.encode()
+
+
+def _kafka_ms(
+    messages: Sequence[Message], rows_index: np.ndarray, rows: np.ndarray, only: np.ndarray | None
+) -> np.ndarray:
+    """Kafka timestamps (ms) of `rows` of the chunk; with `only`, of just those rows (zeros elsewhere)."""
+    picked = rows_index[rows]
+    out = np.zeros(len(rows), dtype=np.int64)
+    which = np.flatnonzero(only) if only is not None else np.arange(len(rows))
+    for i in which.tolist():
+        out[i] = messages[int(picked[i])].timestamp()[1]
+    return out
+
+
+def _conform(table: pa.Table) -> pa.Table:
+    """Stored rows with the batch types (ClickHouse may return dictionaries, seconds, other widths)."""
+    cols = {}
+    for name in table.column_names:
+        column = table[name]
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        want = BATCH_TYPES.get(name) or (MS if name == "_ingested_at" else None)
+        if want is not None and column.type != want:
+            column = column.cast(want)
+        cols[name] = column
+    return pa.table(cols)
+
+
+def _rules_column(rules: list[tuple[str, ...]]) -> pa.Array:
+    """The rules of each row as a list<string> column, built from the few distinct combinations."""
+    distinct: dict[tuple[str, ...], int] = {}
+    index = np.fromiter((distinct.setdefault(r, len(distinct)) for r in rules), dtype=np.int32, count=len(rules))
+    return pa.array(list(distinct), pa.list_(pa.string())).take(pa.array(index))
+
+
+def _alert_rows(
+    rows: pa.Table, score: np.ndarray, rules: list[tuple[str, ...]], produced_ms: np.ndarray, model_version: str
+) -> pa.Table:
+    n = rows.num_rows
+    return pa.table(
+        {
+            "event_time": rows["event_time"],
+            "transaction_id": rows["transaction_id"],
+            "card_id": rows["card_id"],
+            "merchant_id": rows["merchant_id"],
+            "amount_reporting_minor": rows["amount_reporting_minor"],
+            "risk_score": rows["risk_score"],
+            "alerted_at": pa.array(np.zeros(n, np.int64), MS),
+            "rules": _rules_column(rules),
+            "score": pa.array(score, pa.float32()),
+            "produced_at": pa.array(produced_ms, MS),
+            "model_version": pa.array([model_version] * n, pa.string()),
+        }
+    )
+
+
+def _score_rows(rows: pa.Table, score: np.ndarray, rules: list[tuple[str, ...]], produced_ms: np.ndarray) -> pa.Table:
+    n = rows.num_rows
+    return pa.table(
+        {
+            "transaction_id": rows["transaction_id"],
+            "card_id": rows["card_id"],
+            "merchant_id": rows["merchant_id"],
+            "event_time": rows["event_time"],
+            "score": pa.array(score, pa.float32()),
+            "rules": _rules_column(rules),
+            "produced_at": pa.array(produced_ms, MS),
+            "scored_at": pa.array(np.full(n, int(time.time() * 1000)), MS),
+        }
+    )

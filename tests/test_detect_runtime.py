@@ -1,0 +1,357 @@
+"""The detector inside `nova ingest`, on the real stack: scenarios named, alerts once, labels, merchant risk.
+
+Hand-built card histories on top of generated background traffic, produced with the real Avro
+encoder; the assertions read the tables and topics the workers wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from pipelines import kafka
+from pipelines.config import Settings, load_settings
+from pipelines.contracts.codec import Decoder, encode
+from pipelines.contracts.reference import load_reference
+from pipelines.contracts.registry import open_registry
+from pipelines.synth import iter_transactions
+from tests.conftest import REPO, run_nova
+from tests.pipeline_env import PipelineEnv, make_env
+
+pytestmark = pytest.mark.integration
+
+MINUTE_MS = 60_000
+
+
+class DetectEnv:
+    """A PipelineEnv with its own labels and alerts topics, detection on and scores recorded."""
+
+    def __init__(self, pe: PipelineEnv) -> None:
+        self.pe = pe
+        self.labels_topic = f"{pe.topic}.labels"
+        self.alerts_topic = f"{pe.topic}.alerts"
+        pe.env.update(
+            {
+                "NOVA_DETECTION__ENABLED": "true",
+                "NOVA_DETECTION__LABELS_TOPIC": self.labels_topic,
+                "NOVA_DETECTION__ALERTS_TOPIC": self.alerts_topic,
+                "NOVA_DETECTION__RECORD_SCORES": "true",
+                "NOVA_DETECTION__MERCHANT_RISK_REFRESH_S": "1",
+            }
+        )
+        self.settings = load_settings(REPO / "configs" / "nova.yaml", environ=pe.env)
+        for topic in (self.labels_topic, self.alerts_topic):
+            kafka.create_topic(self.settings, topic, partitions=2, replication_factor=1, config={})
+        self.registry = open_registry(self.settings)
+
+    def produce(self, records: list[dict[str, Any]]) -> None:
+        latest = self.registry.latest(self.settings.pipeline.subject)
+        producer = kafka.producer(self.settings)
+        for r in records:
+            producer.produce(
+                self.settings.pipeline.topic,
+                value=encode(r, latest.id, latest.schema.parsed),
+                key=r["card_id"].encode(),
+            )
+        assert producer.flush(30) == 0
+
+    def produce_labels(self, labels: list[dict[str, Any]]) -> None:
+        latest = self.registry.latest("transactions.labels-value")
+        producer = kafka.producer(self.settings)
+        for label in labels:
+            value = encode(label, latest.id, latest.schema.parsed)
+            producer.produce(self.labels_topic, value=value, key=label["transaction_id"].encode())
+        assert producer.flush(30) == 0
+
+    def ingest(self) -> dict[str, Any]:
+        return json.loads(self.pe.nova("ingest", "--until-caught-up", "--quiet", "--json").stdout)
+
+    def alerts(self) -> dict[str, tuple[tuple[str, ...], float]]:
+        return self.outcome()[0]
+
+    def outcome(self) -> tuple[dict[str, tuple[tuple[str, ...], float]], dict[str, float]]:
+        """(alerts: transaction → (rules, score), scores: transaction → score), in one query (one `nova`)."""
+        db = self.pe.database
+        rows = self.pe.query(
+            f"SELECT 'alert' AS kind, transaction_id, rules, score FROM {db}.alerts FINAL UNION ALL "
+            f"SELECT 'score' AS kind, transaction_id, [] AS rules, score FROM {db}.fraud_scores FINAL"
+        )
+        alerts = {
+            r["transaction_id"]: (tuple(r["rules"]), round(float(r["score"]), 5)) for r in rows if r["kind"] == "alert"
+        }
+        return alerts, {r["transaction_id"]: round(float(r["score"]), 5) for r in rows if r["kind"] == "score"}
+
+    def scores(self, events: list[dict[str, Any]]) -> list[tuple[str, float, list[str]]]:
+        ids = ", ".join(f"'{e['transaction_id']}'" for e in events)
+        rows = self.pe.query(
+            f"SELECT card_id, score, rules, event_time FROM {self.pe.database}.fraud_scores "
+            f"WHERE transaction_id IN ({ids}) ORDER BY event_time"
+        )
+        return [(r["card_id"], round(float(r["score"]), 3), r["rules"]) for r in rows]
+
+    def alert_messages(self) -> list[dict[str, Any]]:
+        consumer = kafka.consumer(self.settings, group_id=f"{self.pe.topic}-reader")
+        consumer.subscribe([self.alerts_topic])
+        decoder = Decoder(self.registry)
+        out: list[dict[str, Any]] = []
+        idle = time.monotonic()
+        while time.monotonic() - idle < 5:
+            for m in consumer.consume(num_messages=1000, timeout=0.5):
+                if m.error() is None:
+                    out.append({"key": m.key(), **decoder.decode(m.value())})
+                    idle = time.monotonic()
+        consumer.close()
+        return out
+
+    def cleanup(self) -> None:
+        import contextlib
+
+        with contextlib.suppress(Exception):
+            kafka.delete_topics(self.settings, [self.labels_topic, self.alerts_topic])
+        self.pe.cleanup()
+
+
+# The server variants double the wall time: make test-all runs them, CI the embedded ones.
+@pytest.fixture(params=["embedded", pytest.param("server", marks=[pytest.mark.server, pytest.mark.long])])
+def det(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DetectEnv]:
+    env = DetectEnv(make_env(tmp_path, request.param))
+    yield env
+    env.cleanup()
+
+
+def background(settings: Settings, n: int, *, seed: int, start_ms: int, spread_s: int) -> list[dict[str, Any]]:
+    ref = load_reference(settings)
+    return list(
+        iter_transactions(
+            seed=seed, merchants=ref.merchants, fx_rates=ref.fx_rates, count=n, start_ms=start_ms, spread_s=spread_s
+        )
+    )
+
+
+def like(template: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A valid transaction shaped like `template` (a generated one), with a new id and `changes`."""
+    return {**template, "transaction_id": str(uuid.uuid4()), **changes}
+
+
+def scenario_events(template: dict[str, Any], now_ms: int) -> dict[str, list[dict[str, Any]]]:
+    """One card per scenario; the last event of each is the one that must alert, under the scenario's rule."""
+    t0 = now_ms - 40 * MINUTE_MS
+    eur = {"currency": "EUR", "status": "AUTHORIZED", "device_id": "dev-1", "channel": "ECOM"}
+    out: dict[str, list[dict[str, Any]]] = {}
+    card = "card-testing-1"
+    out["card_testing"] = [
+        like(template, card_id=card, event_time=t0 + i * 30_000, amount_minor=50 + i, **eur) for i in range(6)
+    ]
+    card = "card-takeover-1"  # a habit on one device, then a burst of spend from a new one
+    usual = [
+        like(template, card_id=card, event_time=t0 - (6 - i) * 60 * MINUTE_MS, amount_minor=2_500, **eur)
+        for i in range(5)
+    ]
+    taken = {**eur, "device_id": "dev-taken-over"}
+    burst = [
+        like(template, card_id=card, event_time=t0 + i * 4 * MINUTE_MS, amount_minor=10_000 << i, **taken)
+        for i in range(7)
+    ]
+    out["takeover_burst"] = [*usual, *burst]
+    card = "card-travel-1"
+    paris = {"latitude": 48.8566, "longitude": 2.3522, "country": "FR"}
+    new_york = {"latitude": 40.7128, "longitude": -74.0060, "country": "US"}
+    out["impossible_travel"] = [
+        like(template, card_id=card, event_time=t0, amount_minor=4_000, **eur, **paris),
+        like(template, card_id=card, event_time=t0 + 30 * MINUTE_MS, amount_minor=4_200, **eur, **new_york),
+    ]
+    card = "card-spike-1"
+    habit = [
+        like(template, card_id=card, event_time=t0 - (12 - i) * 60 * MINUTE_MS, amount_minor=2_000 + 37 * i, **eur)
+        for i in range(12)
+    ]
+    out["amount_spike"] = [*habit, like(template, card_id=card, event_time=t0 + MINUTE_MS, amount_minor=900_000, **eur)]
+    return out
+
+
+def test_each_scenario_alerts_with_its_rule_once_on_table_and_topic(det: DetectEnv) -> None:
+    now_ms = int(time.time() * 1000)
+    noise = background(det.settings, 400, seed=21, start_ms=now_ms - 50 * MINUTE_MS, spread_s=45 * 60)
+    scenarios = scenario_events(noise[0], now_ms)
+    records = sorted([*noise, *(e for es in scenarios.values() for e in es)], key=lambda r: r["event_time"])
+    det.produce(records)
+    report = det.ingest()
+    assert report["events"] == len(records)
+
+    alerts, scores = det.outcome()
+    for name, events in scenarios.items():
+        named = [e["transaction_id"] for e in events if name in alerts.get(e["transaction_id"], ((), 0))[0]]
+        assert named, f"{name}: no alert names the rule; " + repr(det.scores(events))
+    assert report["alerts"] == len(alerts), "each alert written once"
+    assert report["latency_alert"]["events"] == len(alerts)
+    assert report["latency_alert_insert"]["p99_ms"] < 1000
+
+    # Every row scored once (fraud_scores), and the alerts topic carries the same alerts, keyed by card.
+    assert len(scores) == len(records)
+    messages = det.alert_messages()
+    assert {m["transaction_id"] for m in messages} == set(alerts)
+    for m in messages:
+        assert m["key"] == m["card_id"].encode()
+        assert tuple(m["rules"]) == alerts[m["transaction_id"]][0]
+        assert m["alerted_at"] >= m["produced_at"] > 0
+
+    # nova fraud alerts lists them (newest first), for one card too.
+    listed = json.loads(det.pe.nova("fraud", "alerts", "--since", "1h", "--limit", "1000", "--json").stdout)
+    assert {r["transaction_id"] for r in listed} == set(alerts)
+    card = scenarios["card_testing"][-1]["card_id"]
+    one = json.loads(det.pe.nova("fraud", "alerts", "--card", card, "--json").stdout)
+    assert one and {r["card_id"] for r in one} == {card}
+    assert "card_testing" in one[0]["rules"]
+    table = det.pe.nova("fraud", "alerts", "--since", "1h").stdout
+    assert "card_testing" in table and card in table
+
+
+def _worker_pids(supervisor: psutil.Process) -> list[int]:
+    """The ingest worker processes (multiprocessing children), not its resource tracker."""
+    pids = []
+    for child in supervisor.children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    return pids
+
+
+@pytest.fixture(scope="module")
+def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Labelled traffic from the synth generator (every scenario), as files, so two runs get the same events."""
+    out = tmp_path_factory.mktemp("corpus")
+    tx, labels = out / "tx.parquet", out / "labels.parquet"
+    run_nova(
+        "generate", "-n", str(KILL_EVENTS), "--cards", "400", "--spread-days", "2", "--fraud-rate", "0.04",
+        "--seed", "17", "--out", str(tx), "--labels-out", str(labels),
+    )  # fmt: skip
+    return tx, labels
+
+
+KILL_EVENTS = 6_000
+
+
+def _produce_corpus(det: DetectEnv, files: tuple[Path, Path], *, rate: float | None) -> None:
+    from pipelines.fraudeval.corpus import load_corpus
+    from pipelines.fraudeval.replay import produce_corpus
+
+    corpus = load_corpus(det.settings, *files)
+    none = np.zeros(0, dtype=np.int64)
+    produce_corpus(
+        settings=det.settings,
+        corpus=corpus,
+        rows=(0, corpus.transactions.num_rows),
+        feed_rows=none,
+        feed_at_ms=none,
+        labels_topic=det.labels_topic,
+        rate=rate,
+    )
+
+
+@pytest.mark.slow
+def test_alerts_with_kill_9s_equal_alerts_without(
+    tmp_path: Path, corpus_files: tuple[Path, Path], request: pytest.FixtureRequest
+) -> None:
+    calm = DetectEnv(make_env(tmp_path / "calm", "embedded"))
+    killed = DetectEnv(make_env(tmp_path / "killed", "embedded"))
+    request.addfinalizer(calm.cleanup)
+    request.addfinalizer(killed.cleanup)
+
+    _produce_corpus(calm, corpus_files, rate=None)
+    assert calm.ingest()["events"] == KILL_EVENTS
+    expected_alerts, expected_scores = calm.outcome()
+    assert len(expected_scores) == KILL_EVENTS
+    assert len(expected_alerts) > 50, "the corpus must give the comparison something to compare"
+
+    producer = threading.Thread(target=_produce_corpus, args=(killed, corpus_files), kwargs={"rate": 1000.0})
+    producer.start()
+    ingest = killed.pe.spawn("ingest", "--quiet", log=tmp_path / "ingest.log")
+    sup = psutil.Process(ingest.pid)
+    rng = random.Random(3)
+    kills = 0
+    while producer.is_alive() or kills < 3:
+        time.sleep(rng.uniform(2.0, 3.5))
+        pids = _worker_pids(sup)
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+            kills += 1
+        assert kills < 15, "the producer did not finish"
+    producer.join()
+    ingest.send_signal(signal.SIGTERM)
+    assert ingest.wait(30) == 0, (tmp_path / "ingest.log").read_text()[-3000:]
+    killed.ingest()  # whatever the last kill left in flight
+
+    db = killed.pe.database
+    counts = killed.pe.query(
+        f"SELECT count() AS n, uniqExact(transaction_id) AS u, (SELECT count() FROM {db}.detect_state) AS snapshots "
+        f"FROM {db}.transactions"
+    )[0]
+    assert (int(counts["n"]), int(counts["u"])) == (KILL_EVENTS, KILL_EVENTS)
+    assert int(counts["snapshots"]) > 0, "the restarts had snapshots to restore"
+    alerts, scores = killed.outcome()
+    assert alerts == expected_alerts, f"{kills} kills changed the alerts"
+    assert scores == expected_scores
+
+
+def test_late_labels_raise_merchant_risk_and_alert_later_transactions_only(det: DetectEnv) -> None:
+    now_ms = int(time.time() * 1000)
+    template = background(det.settings, 2, seed=5, start_ms=now_ms - 4 * 60 * MINUTE_MS, spread_s=60)
+    shop, other = template[0]["merchant_id"], template[1]["merchant_id"]
+    assert shop != other
+    plain = {"currency": "EUR", "status": "CAPTURED", "channel": "ECOM", "amount_minor": 3_000}
+    t0 = now_ms - 3 * 60 * MINUTE_MS
+    through_shop = [
+        like(template[0], card_id=f"card-shop-{i}", device_id=f"dev-shop-{i}", event_time=t0 + i * MINUTE_MS, **plain)
+        for i in range(20)
+    ]
+    before_labels = like(template[0], card_id="card-before", device_id="dev-b", event_time=t0 + 21 * MINUTE_MS, **plain)
+    # Chargebacks for half of them, known from t0 + 30 min: in the labels table from the start, but
+    # in event time they do not exist yet for these transactions (nor for any before t0 + 30 min).
+    fraud = through_shop[::2]
+    det.produce_labels(
+        [
+            {
+                "transaction_id": t["transaction_id"],
+                "is_fraud": True,
+                "label_time": t0 + 30 * MINUTE_MS,
+                "scenario": "compromised_merchant",
+            }
+            for t in fraud
+        ]
+    )
+    det.produce([*through_shop, before_labels])
+    for _ in range(5):  # the labels consumer runs inside the ingest process, beside the workers
+        det.ingest()
+        if int(det.pe.scalar(f"SELECT count() AS n FROM {det.pe.database}.fraud_labels FINAL")) == len(fraud):
+            break
+    else:
+        raise AssertionError("the labels never reached fraud_labels")
+
+    after = like(template[0], card_id="card-after", device_id="dev-a", event_time=now_ms - MINUTE_MS, **plain)
+    elsewhere = like(template[1], card_id="card-elsewhere", device_id="dev-e", event_time=now_ms - MINUTE_MS, **plain)
+    det.produce([after, elsewhere])
+    det.ingest()
+    alerts, scores = det.outcome()
+    assert after["transaction_id"] in alerts, det.scores([after])
+    assert "compromised_merchant" in alerts[after["transaction_id"]][0]
+    assert elsewhere["transaction_id"] not in alerts, "another merchant's spend is unaffected"
+    # Labels are known as of event time: not to the transactions they label, nor to the one after them.
+    assert before_labels["transaction_id"] not in alerts
+    assert not {t["transaction_id"] for t in fraud} & set(alerts)
+    # Twenty look-alike first transactions of fresh cards: one score for all, labelled or not (a label
+    # read "as of the end" would have raised the shop's risk for the later ones).
+    assert len({scores[t["transaction_id"]] for t in [*through_shop, before_labels]}) == 1
+    assert len(scores) == len(through_shop) + 3
