@@ -74,6 +74,7 @@ def phase_consume(settings, events: int, decode: bool) -> dict:  # type: ignore[
 
 
 def phase_ingest(settings, events: int) -> dict:  # type: ignore[no-untyped-def]
+    from pipelines.ingest.latency import stage_means
     from pipelines.ingest.worker import run_worker
 
     cpu0 = _usage()["cpu_s"]
@@ -88,13 +89,21 @@ def phase_ingest(settings, events: int) -> dict:  # type: ignore[no-untyped-def]
         "peak_rss_mib": u["peak_rss_mib"],
         "latency_p50_ms": status.latency_p50_ms,
         "batches": status.batches,
+        "insert_s_total": status.insert_s_total,
+        # mean ms per event in each stage (pipelines.ingest.latency.STAGES): where the wall time went
+        "stage_mean_ms": stage_means([status.stage_windows]),
     }
 
 
-def _run_phase(name: str, topic: str, chdb_path: str, events: int) -> dict:
+def _run_phase(name: str, topic: str, chdb_path: str, events: int, profile: str | None = None) -> dict:
     group = f"{topic}-{name}"
+    # py-spy (a dev tool, `pip install py-spy`) samples the phase from outside: the worker's own
+    # timings stay what they are without it, bar the sampling's few per cent.
+    spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "200", "--format", "raw"]
+    spy += ["--nonblocking", "-o", profile, "--"] if profile else []
     out = subprocess.run(
         [
+            *(spy if profile else []),
             sys.executable,
             __file__,
             "--phase",
@@ -114,7 +123,8 @@ def _run_phase(name: str, topic: str, chdb_path: str, events: int) -> dict:
     )
     if out.returncode != 0:
         raise SystemExit(f"phase {name} failed:\n{out.stderr[-4000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    # the phase prints its result last; py-spy adds its own lines after it
+    return json.loads([line for line in out.stdout.splitlines() if line.startswith("{")][-1])
 
 
 def main() -> None:
@@ -125,6 +135,7 @@ def main() -> None:
     ap.add_argument("--group")
     ap.add_argument("--chdb")
     ap.add_argument("--write-docs", action="store_true", help="Record the figures in docs/BENCHMARKS.md.")
+    ap.add_argument("--profile", help="Sample the full-worker phase with py-spy into this collapsed-stack file.")
     args = ap.parse_args()
     if args.phase:
         settings = _settings(args.topic, args.group, args.chdb)
@@ -154,7 +165,8 @@ def main() -> None:
     results = {}
     for name in ("consume", "decode", "ingest"):
         print(f"phase {name} …", file=sys.stderr)
-        results[name] = _run_phase(name, topic, chdb_path, args.events)
+        profile = args.profile if name == "ingest" else None
+        results[name] = _run_phase(name, topic, chdb_path, args.events, profile)
         r = results[name]
         r["events_per_s"] = r["events"] / r["elapsed_s"]
         r["cpu_s_per_million"] = r["cpu_s"] / (r["events"] / 1e6)
@@ -197,8 +209,13 @@ def format_markdown(r: dict) -> str:
             "|---|---:|---:|---:|",
             *rows,
             "",
-            f"(c)/(a) = {r['ratio_ingest_to_consume']:.2f}. Targets for (c): ≥ 100,000 events/s, ≤ 10 CPU-s per "
-            "million, peak RSS ≤ 1 GiB.",
+            f"(c)/(a) = {r['ratio_ingest_to_consume']:.2f}. Targets for (c) (issue 11): ≥ 200,000 events/s, ≤ 5 "
+            "CPU-s per million, peak RSS ≤ 1 GiB, ≥ 0.9× (a).",
+            "",
+            "Where (c)'s wall time went, mean ms per event and stage (`pipelines.ingest.latency.STAGES`; a replay "
+            "of a backlog, so `fetch` is mostly the backlog's age): "
+            + ", ".join(f"{k} {v:,.1f}" for k, v in (r["ingest"].get("stage_mean_ms") or {}).items())
+            + f"; {r['ingest']['batches']} batches.",
         ]
     )
 

@@ -140,6 +140,20 @@ def _steps_table(summary: dict[str, Any]) -> list[str]:
     return rows
 
 
+def _breakdown_table(summary: dict[str, Any]) -> list[str]:
+    """Mean ms per event in each stage, per step (from `nova loadtest --json`'s breakdown)."""
+    rows = summary.get("breakdown") or []
+    if not rows:
+        return []
+    names = list(dict.fromkeys(name for r in rows for name in r["stages_mean_ms"]))
+    out = ["| step | " + " | ".join(names) + " | produce→queryable mean |", "|---|" + "---:|" * (len(names) + 1)]
+    for r in rows:
+        cells = [f"{r['stages_mean_ms'][n]:,.0f}" if n in r["stages_mean_ms"] else "—" for n in names]
+        mean = r.get("queryable_mean_ms")
+        out.append(f"| {r['label']} | " + " | ".join(cells) + f" | {'—' if mean is None else f'{mean:,.0f}'} |")
+    return ["Where the time goes, mean ms per event (stages add up; see the report's stacked bars):", "", *out, ""]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ceiling-s", type=float, default=20.0, help="Seconds of flat-out sending for the ceiling.")
@@ -177,6 +191,7 @@ def main() -> None:
                 "",
                 *_steps_table(st),
                 "",
+                *_breakdown_table(st),
             ]
     text = "\n".join(md)
     print(text)

@@ -183,6 +183,9 @@ def loadtest_cmd(
         None, "--master-host", help="With --worker: the master's host.", show_default=False
     ),
     master_port: int = typer.Option(5557, "--master-port", help="Locust's master port (bind port with --master)."),
+    prefill_rows: int = typer.Option(
+        0, "--prefill-rows", help="First fill the table with N synthetic rows (INSERT … SELECT in ClickHouse)."
+    ),
 ) -> None:
     """Load-test the running pipeline with Locust at k× peak and judge it against `slo:`.
 
@@ -233,7 +236,20 @@ def loadtest_cmd(
             f"loadtest.ingest_workers is {lt.ingest_workers}, but the embedded store serves one process",
             hint="set loadtest.ingest_workers to 1, or point clickhouse.url at a server",
         )
-    outcome = _run(settings, plan, n_processes, with_ingest, csv_prefix, master, expect_workers, master_port, json_out)
+    if prefill_rows < 0:
+        raise UsageError(f"--prefill-rows must be 0 or more, got {prefill_rows}")
+    outcome = _run(
+        settings,
+        plan,
+        n_processes,
+        with_ingest,
+        csv_prefix,
+        master,
+        expect_workers,
+        master_port,
+        json_out,
+        prefill_rows,
+    )
     from pipelines.loadtest.report import render_report, summary_dict, write_csv
 
     if report is not None:
@@ -265,6 +281,7 @@ def _run(
     expect_workers: int,
     master_port: int,
     quiet: bool,
+    prefill_rows: int = 0,
 ) -> LoadtestOutcome:
     from rich.live import Live
 
@@ -298,6 +315,7 @@ def _run(
             ingest_command=_ingest_command(settings.source, settings.loadtest.ingest_workers),
             csv_prefix=csv_prefix,
             distributed=Distributed(expect_workers, master_port) if master else None,
+            prefill_rows=prefill_rows,
             on_live=on_live,
         )
     finally:

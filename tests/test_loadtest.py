@@ -17,7 +17,9 @@ import pytest
 from pipelines.config import Settings, load_settings
 from pipelines.contracts.columnar_writer import ColumnarEncoder, Fixed
 from pipelines.errors import UsageError
-from pipelines.loadtest.latency import Percentiles
+from pipelines.ingest.latency import StageLatency
+from pipelines.loadtest.breakdown import breakdowns
+from pipelines.loadtest.latency import Latency, Percentiles
 from pipelines.loadtest.measure import Collector, CommitTimeline
 from pipelines.loadtest.plan import LoadPlan, build_plan, parse_duration
 from pipelines.loadtest.producer import PacedProducer
@@ -440,6 +442,45 @@ def test_find_max_reports_the_highest_rate_that_held(settings: Settings) -> None
     assert verdict.passed and "400/s" in verdict.summary  # the expected peak (300/s) held
 
 
+def test_the_breakdown_stacks_the_stages_to_the_measured_mean(settings: Settings) -> None:
+    result = _result(settings, profile="step")
+    step = result.steps[0]
+    ack, queryable = Latency(), Latency()
+    ack.record_all([20_000] * 10)  # 20 ms
+    queryable.record_all([900_000] * 10)  # 900 ms
+    step.histograms = {"ack": ack.encode(), "queryable": queryable.encode()}
+    stages = StageLatency()
+    at = result.started_at + step.start_s + 1
+    stages.record_many("fetch", np.array([120] * 4), weight=8, at=at)
+    for name, ms in (("decode", 30), ("accumulate", 250), ("queue", 40), ("insert", 200), ("commit", 60)):
+        stages.record(name, ms, 32, at=at)
+    stages.record("insert", 5_000, 32, at=result.started_at + result.steps[-1].start_s + 1)  # a later step's
+    rows = breakdowns(
+        result.steps, result.overall, {"stage_windows": [stages.encoded_windows()]}, started_at=result.started_at
+    )
+    first = rows[0]
+    assert list(first.stages) == [
+        "send → ack",
+        "ack → fetched",
+        "decode",
+        "accumulate",
+        "queue",
+        "insert",
+        "commit",
+        "commit → seen",
+    ]
+    assert first.stages["send → ack"] == pytest.approx(20, rel=1e-2)
+    assert first.stages["ack → fetched"] == pytest.approx(100, rel=1e-2)
+    assert first.stages["insert"] == pytest.approx(200)
+    assert first.total_ms == pytest.approx(900, rel=1e-2)  # the remainder is the poll's share
+    assert rows[-1].index == -1 and len(rows) == len(result.steps) + 1
+    assert breakdowns(result.steps, result.overall, None, started_at=result.started_at) == []
+    result.breakdown = rows
+    assert RunResult.from_json(result.to_json()).breakdown == rows
+    html = render_report(result, judge(result, settings.slo, _complete(result)))
+    assert "Where the time goes" in html and "commit → seen" in html
+
+
 # --- the report ---------------------------------------------------------------------------------------------
 
 
@@ -551,6 +592,9 @@ def test_loadtest_passes_against_the_stack_with_every_event_stored_once(tmp_path
     # the ingest workers' own histogram of every event (event time → insert returned) agrees on the count
     assert data["ingest_event_latency_ms"]["events"] == acked
     assert whole["produce_to_ack_ms"]["p99_ms"] < whole["produce_to_queryable_ms"]["p99_ms"]
+    # where the time went, from the workers' stage windows: every worker stage measured
+    stages = data["breakdown"][-1]["stages_mean_ms"]
+    assert {"send → ack", "decode", "accumulate", "insert", "commit"} <= set(stages) and stages["insert"] > 0
     query = next(c for c in data["verdict"]["overall"]["checks"] if c["name"] == "query p95")
     assert query["ok"] is None  # embedded: not measured, and said so
     assert any("embedded store" in n for n in data["notices"])
@@ -573,12 +617,16 @@ def test_loadtest_exits_1_when_an_slo_cannot_be_met(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.server
 def test_loadtest_measures_queries_and_probes_on_the_server(tmp_path: Path) -> None:
-    data = _loadtest(tmp_path, "server", "--rate", "2000", "--duration", "10s", "--users", "1", expect=0)
+    data = _loadtest(
+        tmp_path, "server", "--rate", "2000", "--duration", "10s", "--users", "1", "--prefill-rows", "20000", expect=0
+    )
     whole = data["whole_run"]
     assert whole["query_count"] > 0 and whole["query_failures"] == 0
     assert set(whole["queries"]) <= {"top_merchants", "volume_per_minute", "recent_alerts", "card_history"}
     assert whole["probe_select_ms"]["count"] > 0  # produce→visible checked by SELECT too
-    assert data["_counts"] == (whole["sent"] - whole["failed"],) * 2
+    # the prefilled rows are in the table, and the run's completeness check counted only its own
+    assert data["_counts"] == (whole["sent"] - whole["failed"] + 20_000,) * 2
+    assert any("prefilled with 20,000 rows" in n for n in data["notices"])
 
 
 def test_the_locust_file_loads_with_plain_locust() -> None:

@@ -50,6 +50,9 @@ class Latency:
     def count(self) -> int:
         return int(self._h.get_total_count())
 
+    def mean_ms(self) -> float:
+        return float(self._h.get_mean_value()) / 1000.0
+
     def percentile_ms(self, q: float) -> float:
         return float(self._h.get_value_at_percentile(q)) / 1000.0
 

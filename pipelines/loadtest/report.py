@@ -17,8 +17,9 @@ from pathlib import Path
 
 from jinja2 import ChoiceLoader, Environment, PackageLoader
 
+from pipelines.loadtest.breakdown import describe
 from pipelines.loadtest.latency import Percentiles
-from pipelines.loadtest.results import RunResult, SecondRow, StepResult
+from pipelines.loadtest.results import RunResult, SecondRow, StageBreakdown, StepResult
 from pipelines.loadtest.verdict import Verdict
 from pipelines.reports import Series, environment
 
@@ -61,6 +62,30 @@ def _cards(result: RunResult, verdict: Verdict) -> list[tuple[str, str]]:
     return cards
 
 
+# one colour per stage, in the order of `breakdown.describe()` (Okabe–Ito, then grey and two of Tol's)
+STAGE_COLOURS = (
+    "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#999999", "#332288", "#882255",
+)  # fmt: skip
+BAR_WIDTH = 520
+
+
+def stacked_bars(rows: list[StageBreakdown]) -> list[dict[str, object]]:
+    """Geometry of one horizontal stacked bar per step: segments of mean ms, on one common scale."""
+    names = list(describe())
+    longest = max((r.total_ms for r in rows), default=0.0) or 1.0
+    bars: list[dict[str, object]] = []
+    for r in rows:
+        x = 0.0
+        segments = []
+        for name, value in r.stages.items():
+            width = value / longest * BAR_WIDTH
+            colour = STAGE_COLOURS[names.index(name) % len(STAGE_COLOURS)] if name in names else "#cccccc"
+            segments.append({"name": name, "ms": value, "x": x, "width": width, "colour": colour})
+            x += width
+        bars.append({"label": r.label, "total_ms": r.total_ms, "segments": segments})
+    return bars
+
+
 def render_report(result: RunResult, verdict: Verdict, *, ingest_latency: dict[str, object] | None = None) -> str:
     """The whole page as text; `ingest_latency` is the ingest workers' own event→insert summary, if known."""
     s = result
@@ -96,6 +121,10 @@ def render_report(result: RunResult, verdict: Verdict, *, ingest_latency: dict[s
             steps=[*s.steps, s.overall],
             verdicts=[*verdict.steps, verdict.overall],
             ingest_latency=ingest_latency,
+            stage_names=describe(),
+            stage_colours=dict(zip(describe(), STAGE_COLOURS, strict=False)),
+            bars=stacked_bars(s.breakdown),
+            bar_width=BAR_WIDTH,
         )
     )
 
@@ -181,5 +210,9 @@ def summary_dict(result: RunResult, verdict: Verdict, *, out_dir: Path | None = 
         "errors": result.errors,
         "drained_s": round(result.drained_s, 2),
         "method": result.method,
+        "breakdown": [
+            {"label": b.label, "stages_mean_ms": b.stages, "queryable_mean_ms": b.queryable_mean_ms, "rows": b.rows}
+            for b in result.breakdown
+        ],
         "out_dir": None if out_dir is None else str(out_dir),
     }

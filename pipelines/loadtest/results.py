@@ -83,6 +83,21 @@ class SecondRow:
 
 
 @dataclass
+class StageBreakdown:
+    """Mean ms per event in each stage over one step (or the whole run, index −1): `breakdown`."""
+
+    index: int
+    label: str
+    stages: dict[str, float] = field(default_factory=dict)  # stage → mean ms, in the order events pass them
+    queryable_mean_ms: float | None = None
+    rows: float = 0.0  # events the workers committed in the step's time
+
+    @property
+    def total_ms(self) -> float:
+        return sum(self.stages.values())
+
+
+@dataclass
 class RunResult:
     """The whole run as the Locust master saw it."""
 
@@ -100,6 +115,8 @@ class RunResult:
     notices: list[str] = field(default_factory=list)
     stopped_early: str | None = None  # find-max: which step broke what
     method: str = ""  # how produce→queryable was measured, and its resolution
+    # per step, then the whole run: where the time went (`breakdown`), once the ingest summary is in
+    breakdown: list[StageBreakdown] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -113,6 +130,7 @@ class RunResult:
         raw["steps"] = [_step(s) for s in raw["steps"]]
         raw["overall"] = _step(raw["overall"])
         raw["seconds"] = [SecondRow(**s) for s in raw["seconds"]]
+        raw["breakdown"] = [StageBreakdown(**b) for b in raw.get("breakdown", [])]
         return cls(**raw)
 
 

@@ -33,8 +33,10 @@ from typing import IO, TYPE_CHECKING, Any
 from pipelines.config import PACKAGE_ROOT
 from pipelines.errors import KafkaError, NovaError, UsageError
 from pipelines.kafka.offsets import OffsetWatcher, end_offsets
+from pipelines.loadtest.breakdown import breakdowns
 from pipelines.loadtest.completeness import check_completeness
 from pipelines.loadtest.plan import runs_dir
+from pipelines.loadtest.prefill import PrefillResult, prefill
 from pipelines.loadtest.queries import analysts_unavailable
 from pipelines.loadtest.results import Completeness, RunResult
 from pipelines.loadtest.verdict import Verdict, judge
@@ -183,8 +185,13 @@ def run_loadtest(
     distributed: Distributed | None = None,
     on_live: Callable[[dict[str, Any]], None] | None = None,
     stop_event: threading.Event | None = None,
+    prefill_rows: int = 0,
 ) -> LoadtestOutcome:
-    """Run `plan` against the pipeline of `settings` and judge it; see the module docstring."""
+    """Run `plan` against the pipeline of `settings` and judge it; see the module docstring.
+
+    `prefill_rows` rows are first written into the table by ClickHouse itself
+    (`pipelines.loadtest.prefill`), so the dashboard queries run against a table of that size.
+    """
     _require_locust()
     out_dir = runs_dir(settings) / plan.run_id
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +203,10 @@ def run_loadtest(
     ingest: _Child | None = None
     locust: _Child | None = None
     ingest_latency: dict[str, Any] | None = None
+    prefilled: PrefillResult | None = None
     try:
+        if prefill_rows:
+            prefilled = prefill(settings=settings, rows=prefill_rows)  # before ingest opens an embedded store
         dlq_start = end_offsets(settings, p.dlq_topic)
         if with_ingest:
             ingest = _Child("ingest", ingest_command, out_dir / "ingest.log", env, stdout=out_dir / "ingest.json")
@@ -216,10 +226,18 @@ def run_loadtest(
                 hint=f"see {locust.log}:\n{locust.tail()}",
             )
         result = RunResult.from_json(result_path.read_text())
+        if prefilled is not None:
+            result.notices.append(
+                f"table prefilled with {prefilled.rows:,} rows before the run, in {prefilled.seconds:.1f} s "
+                f"({prefilled.rows_per_s:,.0f} rows/s)"
+            )
         if ingest is not None:
             ingest.stop()  # flushes and commits; on the embedded store it also frees the store
             ingest = None
-            ingest_latency = _ingest_latency(out_dir / "ingest.json")
+            summary = _ingest_summary(out_dir / "ingest.json")
+            ingest_latency = _latency_event(summary)
+            result.breakdown = breakdowns(result.steps, result.overall, summary, started_at=result.started_at)
+            result_path.write_text(result.to_json())
         completeness = _completeness(settings, result, dlq_start, ours=with_ingest, embedded=embedded)
     finally:
         for child in (locust, ingest):
@@ -238,13 +256,18 @@ def run_loadtest(
     )
 
 
-def _ingest_latency(summary: Path) -> dict[str, Any] | None:
-    """`latency_event` of the ingest summary, if the workers wrote one (they do on a clean stop)."""
+def _ingest_summary(path: Path) -> dict[str, Any] | None:
+    """The ingest workers' `--json` summary, if they wrote one (they do on a clean stop)."""
     try:
-        data = json.loads(summary.read_text())
+        data = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    latency = data.get("latency_event") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else None
+
+
+def _latency_event(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`latency_event` of the ingest summary: event time → insert returned, every event."""
+    latency = (summary or {}).get("latency_event")
     return latency if isinstance(latency, dict) else None
 
 
