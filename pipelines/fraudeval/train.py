@@ -1,0 +1,248 @@
+"""`nova fraud train`: the model from labelled history in ClickHouse, with the features the workers compute.
+
+The stored transactions go through a fresh `Detector` per Kafka partition in partition/offset
+order (the order a worker saw them), with `emit=False, features=True`, so every row gets exactly
+the features it had live: windows over the card's earlier rows, and the merchant risk as known
+at that row's event-time step (`MerchantRisk`, switched at the first row whose watermark reaches
+a new step, as the workers do). A row's label is its fraud label if that label was known by the
+cutoff (label_time ≤ cutoff); otherwise it counts as legitimate — which is what the detector
+would have been told. `label_delay_ms` leaves out the rows of the last D before the cutoff,
+whose frauds may simply not be reported yet. The model is `detect.model.train_model`'s; the
+artifact is the file the workers load (`detection.model`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.errors import UsageError
+
+if TYPE_CHECKING:
+    from pipelines.clickhouse import Store
+    from pipelines.config import Settings
+    from pipelines.detect.engine import Detector
+    from pipelines.detect.merchant_risk import MerchantRisk
+    from pipelines.detect.model import Method
+
+OnProgress = Callable[[str, float, float | None], None]
+CHUNK_ROWS = 100_000
+# The columns `Detector.process` reads, as the transactions table stores them.
+DETECTOR_COLUMNS = (
+    "transaction_id",
+    "event_time",
+    "card_id",
+    "merchant_id",
+    "merchant_category",
+    "amount_minor",
+    "amount_reporting_minor",
+    "currency",
+    "country",
+    "channel",
+    "status",
+    "device_id",
+    "ip_address",
+    "latitude",
+    "longitude",
+)
+
+
+@dataclass(frozen=True)
+class TrainReport:
+    out: str
+    version: str
+    rows_read: int
+    rows_trained: int
+    frauds: int
+    until: str
+    elapsed_s: float
+
+
+def _plain(table: pa.Table) -> pa.Table:
+    """Dictionary (LowCardinality) columns as their values, so the detector sees plain strings."""
+    columns = []
+    for column in table.columns:
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _known_frauds(store: Store, database: str, until_ms: int) -> set[str]:
+    from pipelines.clickhouse.sql import quote_identifier
+    from pipelines.detect.labels import LABELS_TABLE
+
+    labels = _plain(
+        store.query_arrow(
+            "SELECT transaction_id, is_fraud, label_time "
+            f"FROM {quote_identifier(database)}.{quote_identifier(LABELS_TABLE)}"
+        )
+    )
+    if not labels.num_rows:
+        return set()
+    at = labels["label_time"]
+    at_ms = at.cast(pa.int64()) if pa.types.is_timestamp(at.type) else pc.multiply(at.cast(pa.int64()), 1000)
+    # ReplacingMergeTree by transaction_id: before a merge a label may appear twice; the newest known one wins
+    newest: dict[str, tuple[int, bool]] = {}
+    for tid, fraud, ms in zip(
+        labels["transaction_id"].to_pylist(), labels["is_fraud"].to_pylist(), at_ms.to_pylist(), strict=True
+    ):
+        if ms is None or ms > until_ms:
+            continue
+        if tid not in newest or ms >= newest[tid][0]:
+            newest[tid] = (ms, bool(fraud))
+    return {tid for tid, (_, fraud) in newest.items() if fraud}
+
+
+def merchant_risk_for(settings: Settings, store: Store) -> MerchantRisk:
+    """The merchant risk the workers read, over this store (the same window, minimum and step)."""
+    from pipelines.detect.labels import LABELS_TABLE
+    from pipelines.detect.merchant_risk import MerchantRisk
+    from pipelines.ingest.detection import MERCHANT_RISK_MIN_COUNT, MERCHANT_RISK_STEP_MS, MERCHANT_RISK_WINDOW_MS
+
+    return MerchantRisk(
+        store,
+        database=settings.clickhouse.database,
+        table=settings.pipeline.table,
+        labels_table=LABELS_TABLE,
+        window_ms=MERCHANT_RISK_WINDOW_MS,
+        min_count=MERCHANT_RISK_MIN_COUNT,
+        step_ms=MERCHANT_RISK_STEP_MS,
+    )
+
+
+def replay_partitions(
+    detectors: list[Detector], tables: list[pa.Table], risk: MerchantRisk | None
+) -> list[dict[str, np.ndarray]]:
+    """Every row's features, partition by partition, the merchant risk switched at each new step of the watermark.
+
+    The steps are walked in event-time order across all partitions, so each step's risk is read once
+    (`MerchantRisk` caches only the latest steps; partition after partition would read each again).
+    """
+    steps: list[np.ndarray] = []
+    for det, rows in zip(detectors, tables, strict=True):
+        t = rows["event_time"].cast(pa.int64()).to_numpy()
+        start = det.watermark_ms if det.watermark_ms is not None else np.iinfo(np.int64).min
+        watermark = np.maximum.accumulate(np.maximum(t, start)) if len(t) else t
+        steps.append((watermark // risk.step_ms) * risk.step_ms if risk is not None else np.zeros(len(t), np.int64))
+    features: list[list[dict[str, np.ndarray]]] = [[] for _ in tables]
+    done = [0] * len(tables)
+    for as_of in np.unique(np.concatenate(steps)).tolist() if steps else []:
+        known = risk.as_of(int(as_of)) if risk is not None else None
+        for k, (det, rows, step) in enumerate(zip(detectors, tables, steps, strict=True)):
+            end = int(np.searchsorted(step, as_of, side="right"))  # a watermark's step never goes back
+            if end <= done[k]:
+                continue
+            if known is not None and det.merchant_risk_as_of_ms != int(as_of):
+                det.set_merchant_risk(known, int(as_of))
+            for c in range(done[k], end, CHUNK_ROWS):
+                scored = det.process(rows.slice(c, min(CHUNK_ROWS, end - c)), emit=False, features=True)
+                assert scored.features is not None
+                features[k].append(scored.features)
+            done[k] = end
+    return [
+        {name: np.concatenate([p[name] for p in parts]) for name in parts[0]} if parts else {} for parts in features
+    ]
+
+
+def train(
+    *,
+    settings: Settings,
+    out: Path,
+    until_ms: int | None = None,
+    history_ms: int | None = None,
+    label_delay_ms: int | None = None,
+    method: Method = "lightgbm",
+    on_progress: OnProgress | None = None,
+) -> TrainReport:
+    """Train on the stored history up to `until_ms` (default now); see the module docstring."""
+    from pipelines.clickhouse import open_store
+    from pipelines.clickhouse.sql import quote_identifier
+    from pipelines.detect.config import load_detection_config
+    from pipelines.detect.engine import Detector
+    from pipelines.detect.model import train_model
+
+    started = time.monotonic()
+    cutoff = until_ms if until_ms is not None else int(time.time() * 1000)
+    config = load_detection_config(settings.resolve(settings.detection.config))
+    table = f"{quote_identifier(settings.clickhouse.database)}.{quote_identifier(settings.pipeline.table)}"
+    feature_parts: list[dict[str, np.ndarray]] = []
+    label_parts: list[np.ndarray] = []
+    rows_read = 0
+    with open_store(settings) as store:
+        if not store.table_exists(settings.pipeline.table):
+            raise UsageError(
+                f"table {settings.clickhouse.database}.{settings.pipeline.table} does not exist: "
+                "there is no history to train on",
+                hint="run `nova provision --yes` and ingest labelled traffic first",
+            )
+        frauds = _known_frauds(store, settings.clickhouse.database, cutoff)
+        risk = merchant_risk_for(settings, store)
+        found = store.query_rows(f"SELECT DISTINCT _partition FROM {table} ORDER BY _partition")
+        tables: list[pa.Table] = []
+        for k, (partition,) in enumerate(found):
+            rows = _plain(
+                store.query_arrow(
+                    f"SELECT {', '.join(map(quote_identifier, DETECTOR_COLUMNS))} FROM {table} "
+                    f"WHERE _partition = {int(partition)} ORDER BY _offset"
+                )
+            )
+            t = rows["event_time"].cast(pa.int64()).to_numpy()
+            tables.append(rows.filter(pa.array(t <= cutoff)))
+            rows_read += tables[-1].num_rows
+            if on_progress:
+                on_progress("train: read", k + 1, len(found))
+        if on_progress:
+            on_progress("train: features", 0, 1)
+        replayed = replay_partitions([Detector(config) for _ in tables], tables, risk)
+    for rows, features in zip(tables, replayed, strict=True):
+        if not rows.num_rows:
+            continue
+        t = rows["event_time"].cast(pa.int64()).to_numpy()
+        keep = np.ones(len(t), dtype=bool)
+        if history_ms is not None:
+            keep &= t >= cutoff - history_ms
+        if label_delay_ms is not None:
+            keep &= t <= cutoff - label_delay_ms
+        ids = rows["transaction_id"].to_pylist()
+        y = np.fromiter((tid in frauds for tid in ids), dtype=bool, count=len(ids))
+        feature_parts.append({name: v[keep] for name, v in features.items()})
+        label_parts.append(y[keep])
+    if on_progress:
+        on_progress("train: features", 1, 1)
+    if not feature_parts:
+        raise UsageError(
+            f"no stored transactions up to {_iso(cutoff)} to train on",
+            hint="ingest labelled traffic first, or move --until later",
+        )
+    features = {name: np.concatenate([p[name] for p in feature_parts]) for name in feature_parts[0]}
+    labels = np.concatenate(label_parts)
+    if on_progress:
+        on_progress("train: fit", 0, 1)
+    model = train_model(features, labels, method=method)
+    model.summary.update({"until": _iso(cutoff), "history_ms": history_ms, "label_delay_ms": label_delay_ms})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model.save(out)
+    if on_progress:
+        on_progress("train: fit", 1, 1)
+    return TrainReport(
+        out=str(out),
+        version=model.version,
+        rows_read=rows_read,
+        rows_trained=len(labels),
+        frauds=int(labels.sum()),
+        until=_iso(cutoff),
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
