@@ -19,8 +19,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install nova with its dev tools
 
-stack: install ## Start Kafka, PostgreSQL, clickhouse-server and SeaweedFS (idempotent)
-	$(NOVA) stack up --with clickhouse-server --with seaweedfs
+stack: install ## Start Kafka, PostgreSQL, clickhouse-server, SeaweedFS and the ClickHouse cluster (idempotent)
+	$(NOVA) stack up --with clickhouse-server --with seaweedfs --with clickhouse-cluster
 
 DEMO_EVENTS ?= 1000000
 DEMO_RATE   ?= 50000

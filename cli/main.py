@@ -58,6 +58,7 @@ def _root(
 
 def _register() -> None:
     from cli import (
+        corpus,
         dlq,
         fraud,
         generate,
@@ -86,6 +87,7 @@ def _register() -> None:
     app.add_typer(loadtest.app)
     app.add_typer(tier_migrate.app, name="tier-migrate")
     app.add_typer(fraud.app, name="fraud")
+    app.add_typer(corpus.app, name="corpus")
 
 
 _register()

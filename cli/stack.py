@@ -90,7 +90,7 @@ def up(
         [],
         "--with",
         metavar="SERVICE",
-        help="Also start an optional service (clickhouse-server, seaweedfs), and remember it.",
+        help="Also start an optional service (clickhouse-server, seaweedfs, clickhouse-cluster), and remember it.",
     ),
     without: list[str] = typer.Option(
         [], "--without", metavar="SERVICE", help="Stop an optional service and forget an earlier --with."
@@ -117,6 +117,7 @@ def up(
             settings=settings(),
             with_clickhouse_server=choice("clickhouse-server"),
             with_seaweedfs=choice("seaweedfs"),
+            with_clickhouse_cluster=choice("clickhouse-cluster"),
             progress=progress,
         )
     out.print(format_status_table(rows, root=settings().root))
@@ -143,8 +144,9 @@ def down() -> None:
 def status(json_: bool = typer.Option(False, "--json", help="Print JSON instead of a table.")) -> None:
     """Show each service: state (healthy / unhealthy / stopped), pid, address, data dir.
 
-    Exits 1 when a service the stack should run (kafka, postgres, and clickhouse-server once
-    requested with --with) is not healthy, so scripts can wait on it.
+    Exits 1 when a service the stack should run (kafka, postgres, and clickhouse-server or the
+    clickhouse-cluster hosts once requested with --with) is not healthy, so scripts can wait on it.
+    Each cluster host's detail shows its replica lag (system.replicas: absolute_delay, queue_size).
 
     Example: nova stack status --json
     """
@@ -164,7 +166,9 @@ def status(json_: bool = typer.Option(False, "--json", help="Print JSON instead 
 
 @app.command()
 def logs(
-    service: str = typer.Argument(..., help="kafka, postgres, clickhouse-server or seaweedfs."),
+    service: str = typer.Argument(
+        ..., help="kafka, postgres, clickhouse-server, seaweedfs, zookeeper or a cluster host (clickhouse-s1r1…)."
+    ),
     lines: int = typer.Option(50, "--lines", "-n", min=0, help="How many lines from the end."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl-C to stop)."),
 ) -> None:

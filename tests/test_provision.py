@@ -22,6 +22,8 @@ def proj(request: pytest.FixtureRequest, project: Path):  # type: ignore[no-unty
     env = {
         "NOVA_PIPELINE__TOPIC": f"{name}.tx",
         "NOVA_PIPELINE__DLQ_TOPIC": f"{name}.dlq",
+        "NOVA_DETECTION__LABELS_TOPIC": f"{name}.labels",
+        "NOVA_DETECTION__ALERTS_TOPIC": f"{name}.alerts",
         "NOVA_CLICKHOUSE__DATABASE": name,
         "NOVA_CLICKHOUSE__URL": f"chdb://{project / 'chdb'}" if request.param == "embedded" else SERVER_URL,
     }
@@ -29,7 +31,8 @@ def proj(request: pytest.FixtureRequest, project: Path):  # type: ignore[no-unty
     yield config, env
     settings = load_settings(config, environ=env)
     try:
-        kafka.delete_topics(settings, [env["NOVA_PIPELINE__TOPIC"], env["NOVA_PIPELINE__DLQ_TOPIC"]], missing_ok=True)
+        topics = [env[k] for k in env if k.endswith("_TOPIC")]
+        kafka.delete_topics(settings, topics, missing_ok=True)
     finally:
         if request.param == "server":
             run_nova("--config", str(config), "query", f"DROP DATABASE IF EXISTS {name}", env=env, expect=None)
@@ -50,7 +53,9 @@ def test_second_run_reports_everything_unchanged(proj) -> None:  # type: ignore[
     config, env = proj
     first = _plan(config, env, "--yes")
     assert {i["action"] for i in first} >= {"create"}
-    assert len(first) == 10
+    kinds = [i["kind"] for i in first]
+    # topics: transactions, dlq, labels, alerts; one schema subject each but the dlq's
+    assert kinds.count("topic") == 4 and kinds.count("schema") == 3
     second = _plan(config, env, "--yes")
     assert [i["action"] for i in second] == ["unchanged"] * len(second)
     settings = load_settings(config, environ=env)

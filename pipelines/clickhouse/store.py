@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
 
 from pipelines.clickhouse.base import Store
 from pipelines.errors import StoreError
@@ -13,10 +13,6 @@ from pipelines.urls import redact_url
 if TYPE_CHECKING:
     from pipelines.config import Settings
 
-_BOOL_OPTIONS = {"secure", "verify"}
-_FLOAT_OPTIONS = {"connect_timeout", "send_receive_timeout", "sync_request_timeout"}
-_STR_OPTIONS = {"ca_certs", "compression", "client_name"}
-
 
 def open_store(settings: Settings | None = None, *, url: str | None = None, database: str | None = None) -> Store:
     """Open the ClickHouse store of `settings` (or `url`), with unqualified names in `database`.
@@ -24,6 +20,8 @@ def open_store(settings: Settings | None = None, *, url: str | None = None, data
     - `chdb://PATH`: the embedded engine; a relative PATH is relative to the project root, and
       `chdb://:memory:` keeps nothing. One process per PATH.
     - `clickhouse://user:password@host:port[/db][?secure=1&verify=0&compression=lz4]`: a server.
+    - with `clickhouse.cluster` set, `clickhouse://user:password@h1:p1,h2:p2/db`: a cluster, whose
+      hosts are learnt from `system.clusters` on the first listed host that answers (`ClusterStore`).
 
     The database is `database`, else `settings.clickhouse.database`, else the URL's path. It need
     not exist yet: `Store.ensure_database()` creates it.
@@ -57,42 +55,31 @@ def _open_chdb(url: str, settings: Settings, database: str | None) -> Store:
 
 
 def _open_native(url: str, settings: Settings, database: str | None) -> Store:
-    from pipelines.clickhouse.native_backend import NativeStore
+    if settings.clickhouse.cluster is not None:
+        from pipelines.clickhouse.cluster_store import open_cluster
 
+        return open_cluster(settings, url, database)
     parts = urlsplit(url)
     if not parts.hostname:
         raise StoreError(
             f"the ClickHouse URL {redact_url(url)!r} names no host", hint="clickhouse://user:pass@host:9000/db"
         )
+    if "," in parts.netloc:
+        raise StoreError(
+            f"the ClickHouse URL {redact_url(url)!r} lists several hosts, but clickhouse.cluster is not set",
+            hint="set clickhouse.cluster.name (see the README's cluster section), or name one host",
+        )
     try:
         port = parts.port or 9000
     except ValueError:
         raise StoreError(f"the ClickHouse URL {redact_url(url)!r} has a bad port") from None
-    options: dict[str, Any] = {}
-    for key, value in parse_qsl(parts.query, keep_blank_values=True):
-        if key in _BOOL_OPTIONS:
-            options[key] = value.lower() in ("1", "true", "yes", "on", "")
-        elif key in _FLOAT_OPTIONS:
-            try:
-                options[key] = float(value)
-            except ValueError:
-                raise StoreError(f"the ClickHouse URL option {key}={value!r} is not a number") from None
-        elif key in _STR_OPTIONS:
-            options[key] = value
-        else:
-            known = ", ".join(sorted(_BOOL_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS))
-            raise StoreError(f"unknown ClickHouse URL option {key!r}", hint=f"known options: {known}")
+    from pipelines.clickhouse.cluster import Endpoint
+    from pipelines.clickhouse.endpoint import open_native_endpoint
+
+    endpoint = Endpoint(parts.hostname, port, unquote(parts.username or "default"), unquote(parts.password or ""))
     url_db = unquote(parts.path.lstrip("/"))
-    connect_timeout = options.pop("connect_timeout", settings.clickhouse.connect_timeout_s)
-    return NativeStore(
-        url=url,
-        host=parts.hostname,
-        port=port,
-        user=unquote(parts.username or "default"),
-        password=unquote(parts.password or ""),
-        database=database or settings.clickhouse.database or url_db,
-        connect_timeout=connect_timeout,
-        options=options,
+    return open_native_endpoint(
+        settings, host=endpoint, query=parts.query, database=database or settings.clickhouse.database or url_db, url=url
     )
 
 

@@ -13,7 +13,9 @@ module never opens it (only one process may hold a chdb path).
 clickhouse-server and SeaweedFS (the cold tier's S3) are optional. `up --with clickhouse-server`
 starts it and records the request in `state_dir/stack.json`; later plain `up`s (after a `down`,
 too) start it again, and `status` counts it as expected, until `up --without clickhouse-server`
-stops and forgets it. `--with seaweedfs` works the same way.
+stops and forgets it. `--with seaweedfs` works the same way, and so does `--with clickhouse-cluster`:
+ZooKeeper and three clickhouse-server hosts (two shards, the first with two replicas; see
+`clickhouse_cluster`), each a row of `status` with its replica lag.
 """
 
 from __future__ import annotations
@@ -32,16 +34,19 @@ from pipelines.errors import StackError, UsageError
 from pipelines.stack import _proc
 from pipelines.stack._base import Service, ServiceStatus
 from pipelines.stack._proc import Progress
+from pipelines.stack.clickhouse_cluster import HOST_NAMES, HOSTS, cluster_url
 from pipelines.stack.clickhouse_server import ClickHouseServer
 from pipelines.stack.kafka import Kafka, jar_cache_dir
 from pipelines.stack.postgres import Postgres
 from pipelines.stack.seaweedfs import SeaweedFS
+from pipelines.stack.zookeeper import ZooKeeper
 from pipelines.urls import redact_url
 
 __all__ = [
     "OPTIONAL_SERVICES",
     "SERVICES",
     "ServiceStatus",
+    "cluster_url",
     "follow_log",
     "jar_cache_dir",
     "read_log_tail",
@@ -52,10 +57,22 @@ __all__ = [
     "stack_up",
 ]
 
-SERVICES = ("kafka", "postgres", "clickhouse-server", "seaweedfs")
-OPTIONAL_SERVICES = ("clickhouse-server", "seaweedfs")
+SERVICES = ("kafka", "postgres", "clickhouse-server", "seaweedfs", "zookeeper", *HOST_NAMES)
+OPTIONAL_SERVICES = ("clickhouse-server", "seaweedfs", "clickhouse-cluster")
 # optional service → its key in stack.json
-_REQUEST_KEYS = {"clickhouse-server": "clickhouse_server", "seaweedfs": "seaweedfs"}
+_REQUEST_KEYS = {
+    "clickhouse-server": "clickhouse_server",
+    "seaweedfs": "seaweedfs",
+    "clickhouse-cluster": "clickhouse_cluster",
+}
+# optional service → the services it stands for (ZooKeeper first: the cluster's hosts need it)
+_MEMBERS = {
+    "clickhouse-server": ("clickhouse-server",),
+    "seaweedfs": ("seaweedfs",),
+    "clickhouse-cluster": ("zookeeper", *HOST_NAMES),
+}
+# launch order: Kafka's JVM is the slowest; ZooKeeper before the cluster's hosts (their launch waits for it)
+_LAUNCH_ORDER = {"kafka": 0, "zookeeper": 1, **{name: 3 for name in HOST_NAMES}}
 _STATE_FILE = "stack.json"
 
 
@@ -64,12 +81,16 @@ def _no_progress(_message: str) -> None:
 
 
 def _services(settings: Settings) -> dict[str, Service]:
-    return {
+    services: dict[str, Service] = {
         "kafka": Kafka(settings),
         "postgres": Postgres(settings),
         "clickhouse-server": ClickHouseServer(settings),
         "seaweedfs": SeaweedFS(settings),
+        "zookeeper": ZooKeeper(settings),
     }
+    for host in HOSTS:
+        services[host.name] = host(settings)
+    return services
 
 
 def _read_state(settings: Settings) -> dict[str, bool]:
@@ -102,6 +123,7 @@ def stack_up(
     settings: Settings,
     with_clickhouse_server: bool | None = None,
     with_seaweedfs: bool | None = None,
+    with_clickhouse_cluster: bool | None = None,
     progress: Progress | None = None,
 ) -> list[ServiceStatus]:
     """Start whatever is not running, wait until every service is healthy; return their status.
@@ -114,7 +136,11 @@ def stack_up(
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     with _lock(settings, say):
         state = _read_state(settings)
-        choices = {"clickhouse-server": with_clickhouse_server, "seaweedfs": with_seaweedfs}
+        choices = {
+            "clickhouse-server": with_clickhouse_server,
+            "seaweedfs": with_seaweedfs,
+            "clickhouse-cluster": with_clickhouse_cluster,
+        }
         for service, choice in choices.items():
             if choice is not None:
                 state[_REQUEST_KEYS[service]] = choice
@@ -122,10 +148,12 @@ def stack_up(
         services = _services(settings)
         for service, choice in choices.items():
             if not state.get(_REQUEST_KEYS[service], False):
-                optional = services.pop(service)
-                if choice is False and optional.running_pid() is not None:
-                    say(f"stopping {service} (--without {service})…")
-                    optional.stop()
+                # the cluster's hosts before ZooKeeper
+                for member in reversed(_MEMBERS[service]):
+                    optional = services.pop(member)
+                    if choice is False and optional.running_pid() is not None:
+                        say(f"stopping {member} (--without {service})…")
+                        optional.stop()
 
         pids = {name: svc.running_pid() for name, svc in services.items()}
         to_start = [name for name, pid in pids.items() if pid is None]
@@ -136,7 +164,7 @@ def stack_up(
             services[name].prepare(say)
         # Launch all (Kafka first: its JVM is the slowest), then poll them together.
         launched_at = {}
-        for name in sorted(to_start, key=lambda n: n != "kafka"):
+        for name in sorted(to_start, key=lambda n: _LAUNCH_ORDER.get(n, 2)):
             launched_at[name] = time.monotonic()
             pids[name] = services[name].launch(say)
 
@@ -204,7 +232,7 @@ def stack_down(*, settings: Settings, progress: Progress | None = None) -> list[
         return [svc.row("stopped", None, detail="was not running") for svc in _services(settings).values()]
     with _lock(settings, say):
         rows = []
-        for name in ("seaweedfs", "clickhouse-server", "kafka", "postgres"):
+        for name in ("seaweedfs", *reversed(HOST_NAMES), "zookeeper", "clickhouse-server", "kafka", "postgres"):
             svc = _services(settings)[name]
             if svc.running_pid() is not None:
                 say(f"stopping {name}…")
@@ -231,12 +259,13 @@ def stack_status(*, settings: Settings) -> list[ServiceStatus]:
     rows = [services["kafka"].status(), services["postgres"].status()]
     for service in OPTIONAL_SERVICES:
         requested = _requested(settings, service)
-        row = services[service].status(expected=requested)
-        if not requested and row.state == "stopped":
-            if service == "seaweedfs":
-                continue  # the cold tier's store: listed once asked for, so stacks without it look as before
-            row = dataclasses.replace(row, detail=f"not requested (nova stack up --with {service})")
-        rows.append(row)
+        for member in _MEMBERS[service]:
+            row = services[member].status(expected=requested)
+            if not requested and row.state == "stopped":
+                if service != "clickhouse-server":
+                    break  # listed once asked for, so stacks without it look as before
+                row = dataclasses.replace(row, detail=f"not requested (nova stack up --with {service})")
+            rows.append(row)
     rows.append(_clickhouse_row(settings))
     return rows
 

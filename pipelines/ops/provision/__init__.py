@@ -9,7 +9,8 @@ Kafka, the schema registry and ClickHouse, and has ClickHouse parse each stateme
 stops provision before its first change. A change that fails while applying (a broker that goes
 away) stops the run and says how far it got; every step is idempotent, so a re-run finishes it.
 
-Modules: `plan` (the plan's items), `topics`, `schemas`, `clickhouse` (one planner each).
+Modules: `plan` (the plan's items), `topics`, `schemas`, `clickhouse` (one planner each), and `cluster`
+(the ClickHouse planner for a cluster: per-host state, `ON CLUSTER` DDL, Replicated and Distributed tables).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from pipelines.clickhouse.cluster_store import ClusterStore
 from pipelines.clickhouse.sql import quote_identifier
 from pipelines.contracts.specs import load_tables, load_topics
 from pipelines.errors import NovaError, ProvisionRefused
 from pipelines.ops.provision.clickhouse import check_table_names, plan_clickhouse
+from pipelines.ops.provision.cluster import plan_cluster
 from pipelines.ops.provision.plan import Action, Plan, PlanItem
 from pipelines.ops.provision.schemas import plan_schemas
 from pipelines.ops.provision.topics import check_topic_names, plan_topics
@@ -35,7 +38,11 @@ __all__ = ["Action", "Plan", "PlanItem", "apply_plan", "check_plan", "plan_provi
 def template_names(settings: Settings) -> dict[str, str]:
     """The values of the `{topic}`-style placeholders in configs/topics.yaml and clickhouse/tables.yaml."""
     p = settings.pipeline
-    return {"topic": p.topic, "dlq_topic": p.dlq_topic, "table": p.table, "database": settings.clickhouse.database}
+    d = settings.detection
+    return {
+        "topic": p.topic, "dlq_topic": p.dlq_topic, "labels_topic": d.labels_topic, "alerts_topic": d.alerts_topic,
+        "table": p.table, "database": settings.clickhouse.database,
+    }  # fmt: skip
 
 
 def plan_provision(*, settings: Settings, store: Store, allow_data_loss: bool = False) -> Plan:
@@ -55,7 +62,10 @@ def plan_provision(*, settings: Settings, store: Store, allow_data_loss: bool = 
     items: list[PlanItem] = []
     items += plan_topics(settings, topics, allow_data_loss=allow_data_loss)
     items += plan_schemas(settings)
-    items += plan_clickhouse(store, settings.clickhouse.database, tables)
+    if isinstance(store, ClusterStore):
+        items += plan_cluster(store, settings.clickhouse.database, tables)
+    else:
+        items += plan_clickhouse(store, settings.clickhouse.database, tables)
     return Plan(items)
 
 
@@ -63,10 +73,10 @@ def check_plan(plan: Plan) -> None:
     """Raise ProvisionRefused (nothing changed) when any item is refused."""
     if plan.refused:
         lines = [f"{i.kind} '{i.name}': {i.detail}" for i in plan.refused]
-        raise ProvisionRefused(
-            "provision refused, nothing was changed:\n  " + "\n  ".join(lines),
-            hint="fix the spec under configs/, or make the change by hand if you accept the data loss",
-        )
+        hint = "fix the spec under configs/, or make the change by hand if you accept the data loss"
+        if any(i.kind == "host" for i in plan.refused):
+            hint = "bring the cluster host(s) named above back (or let their replicas catch up), then re-run"
+        raise ProvisionRefused("provision refused, nothing was changed:\n  " + "\n  ".join(lines), hint=hint)
 
 
 def apply_plan(plan: Plan, *, on_item: Callable[[PlanItem], None] | None = None) -> None:
