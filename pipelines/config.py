@@ -364,7 +364,7 @@ class DetectionSettings(_Section):
         False,
         description=(
             "Score every ingested row and produce alerts. Off by default: synthetic load (100k cards at 50k/s, "
-            "1,800 payments per card per hour) looks like fraud to every velocity rule; on for real or labelled traffic."
+            "1,800 payments per card per hour) looks like fraud to every velocity rule; on for real or labelled data."
         ),
     )
     config: str = Field("configs/detection.yaml", description="Rules and thresholds of the detector (YAML).")
