@@ -196,4 +196,4 @@ def test_port_in_use_is_reported_with_the_setting(test_stack: IsolatedStack) -> 
 
 def test_logs_of_an_unknown_service_is_a_usage_error(test_stack: IsolatedStack) -> None:
     with pytest.raises(UsageError):
-        service_log(settings=test_stack.settings, service="zookeeper")
+        service_log(settings=test_stack.settings, service="nosuchservice")

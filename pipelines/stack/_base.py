@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pwd
+import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -180,6 +182,49 @@ class Service:
             log_file=self.log_file,
             detail=detail,
             expected=expected,
+        )
+
+
+_JVM_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
+_JVM_HEAP = re.compile(r"^[0-9]+[kKmMgG]?$")
+
+
+class JvmService(Service):
+    """A Java service run from jars Maven fetched (Kafka, ZooKeeper): the files and checks they share.
+
+    Its settings are `stack.<name>_version` and `stack.<name>_heap`; the JVM writes what it says
+    before its own logging starts (or instead of it, when it dies early) to `<name>.out`.
+    """
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def stdout_file(self) -> Path:
+        return self.dir / f"{self.name}.out"
+
+    def _extra_logs_hint(self) -> str:
+        return f" and {self.stdout_file}"
+
+    def _prepare_jvm(
+        self, *, version: str, version_example: str, heap: str, heap_example: str, progress: Progress
+    ) -> None:
+        """Refuse a version or heap size that would reach Maven or the JVM malformed; install Java if missing."""
+        if not _JVM_VERSION.match(version):
+            raise StackError(
+                f"{self.name}: stack.{self.name}_version {version!r} is not a version", hint=f"e.g. {version_example}"
+            )
+        if not _JVM_HEAP.match(heap):
+            raise StackError(
+                f"{self.name}: stack.{self.name}_heap {heap!r} is not a JVM size", hint=f"e.g. {heap_example}"
+            )
+        _proc.ensure_apt_packages(
+            "java",
+            shutil.which("java") is not None,
+            ["openjdk-17-jre-headless"],
+            log=self.dir / "apt.log",
+            progress=progress,
         )
 
 

@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -307,3 +308,60 @@ def ensure_apt_packages(
         if subprocess.run(install, stdout=fh, stderr=subprocess.STDOUT, env=env, check=False).returncode == 0:
             return
     raise StackError(f"{service}: apt-get install {names} failed", hint=f"see {log}")
+
+
+def fetch_maven_jars(
+    service: str,
+    *,
+    pom: Path,
+    version_property: str,
+    version: str,
+    lib_dir: Path,
+    marker_jar: str,
+    artifact: str,
+    setting: str,
+    progress: Progress,
+) -> None:
+    """Copy the runtime dependencies of `pom` (at `-D<version_property>=version`) into `lib_dir`, once.
+
+    Kafka and ZooKeeper ship as jars on Maven Central; `lib_dir` is shared between state dirs, so
+    the fetch holds a lock next to it (two `nova stack up` from two checkouts), stages into a temp
+    dir and renames it: a lib dir is complete (it has `marker_jar`) or absent.
+    """
+    if (lib_dir / marker_jar).exists():
+        return
+    cache = lib_dir.parent
+    cache.mkdir(parents=True, exist_ok=True)
+    with file_lock(cache.parent / f"{cache.name}.lock", on_wait="waiting for another Maven fetch…", progress=progress):
+        if (lib_dir / marker_jar).exists():  # fetched by whoever held the lock
+            return
+        ensure_apt_packages(
+            "maven", shutil.which("mvn") is not None, ["maven"], log=cache.parent / "apt.log", progress=progress
+        )
+        if not pom.exists():
+            raise StackError(f"{service}: {pom} is missing", hint="run nova from a checkout of the project")
+        progress(f"fetching {artifact}:{version} and its dependencies with Maven (first time only)…")
+        log = cache / "maven.log"
+        staging = Path(tempfile.mkdtemp(prefix="lib.", dir=cache))
+        cmd = [
+            "mvn",
+            "-B",
+            "-q",
+            "-f",
+            str(pom),
+            f"-D{version_property}={version}",
+            "dependency:copy-dependencies",
+            "-DincludeScope=runtime",
+            f"-DoutputDirectory={staging}",
+        ]
+        with open(log, "wb") as fh:
+            result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
+        if result.returncode != 0 or not (staging / marker_jar).exists():
+            shutil.rmtree(staging, ignore_errors=True)
+            excerpt = "\n    ".join(line for line in tail_lines(log, 6) if line.strip())
+            raise StackError(
+                f"{service}: Maven could not fetch {artifact}:{version}" + (f":\n    {excerpt}" if excerpt else ""),
+                hint=f"check that {setting} exists on Maven Central and that it is reachable; see {log}",
+            )
+        shutil.rmtree(lib_dir, ignore_errors=True)
+        staging.rename(lib_dir)  # atomic: a lib dir is complete or absent

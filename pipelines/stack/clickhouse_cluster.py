@@ -27,16 +27,14 @@ Layout under the state dir: `clickhouse-cluster/<host>/` with `config.xml`, `use
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import ClassVar
 from xml.sax.saxutils import escape
 
 from pipelines.config import Settings
 from pipelines.errors import StackError
-from pipelines.stack import _proc
-from pipelines.stack._base import Service, ServiceStatus
+from pipelines.stack._base import ServiceStatus
 from pipelines.stack._proc import Progress
-from pipelines.stack.clickhouse_server import _binary
+from pipelines.stack.clickhouse_server import ClickHouseServer
 from pipelines.stack.zookeeper import ZooKeeper
 
 # (shard, replica) of each host, in the order of <remote_servers>.
@@ -68,75 +66,63 @@ def cluster_url(settings: Settings) -> str:
     return f"clickhouse://default:@{hosts}/{settings.clickhouse.database}"
 
 
-class ClusterHost(Service):
-    """One server of the local cluster; subclasses fix which."""
+class ClusterHost(ClickHouseServer):
+    """One server of the local cluster; subclasses fix which.
+
+    The single server's layout, logs, launch and probe, with the host's own ports, an
+    interserver port, the cluster's sections in config.xml and its profile in users.xml.
+    """
 
     index: ClassVar[int]
     dir_name = "clickhouse-cluster"
-    stop_timeout_s = 30.0
-    start_timeout_s = 60.0
+    config_comment = "(with clickhouse-cluster) from configs/nova.yaml"
+    log_count = 3
+    max_connections = 512
+    cache_size = 134217728
+    users_comment = " (with clickhouse-cluster): user `default`, empty password, loopback only."
+    profile = (
+        ("max_memory_usage", 4000000000, ""),
+        ("use_uncompressed_cache", 0, ""),
+        ("load_balancing", "in_order", "the first live replica of a shard: the one nova writes to"),
+        (
+            "distributed_ddl_task_timeout",
+            DDL_TIMEOUT_S,
+            "here, not from the client: clickhouse-driver's Int64 encoding reaches 18.16 garbled",
+        ),
+        ("connect_timeout_with_failover_ms", 200, ""),
+        ("skip_unavailable_shards", 0, ""),
+        (
+            "distributed_product_mode",
+            "global",
+            "`x IN (SELECT … FROM distributed)` inside a distributed query: always right, if not cheapest",
+        ),
+        ("insert_distributed_sync", 1, "an INSERT into a Distributed table returns once the rows are on their shards"),
+    )
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings)
         self.dir = self.state_dir / self.dir_name / self.name
         self.shard, self.replica = LAYOUT[self.index]
-        self.tcp_port, self.http_port, self.interserver_port = host_ports(settings, self.index)
+        self._ports = host_ports(settings, self.index)
 
     @property
-    def config_file(self) -> Path:
-        return self.dir / "config.xml"
+    def tcp_port(self) -> int:
+        return self._ports[0]
 
     @property
-    def signature(self) -> Path:
-        return self.config_file
+    def http_port(self) -> int:
+        return self._ports[1]
 
     @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def log_file(self) -> Path:
-        return self.dir / "logs" / "clickhouse-server.log"
-
-    @property
-    def err_log_file(self) -> Path:
-        return self.dir / "logs" / "clickhouse-server.err.log"
-
-    @property
-    def stdout_file(self) -> Path:
-        return self.dir / f"{self.name}.out"
+    def interserver_port(self) -> int:
+        return self._ports[2]
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.tcp_port} (http :{self.http_port}, shard {self.shard} replica {self.replica})"
 
     def ports(self) -> list[tuple[int, str]]:
-        return [
-            (port, "stack.clickhouse_cluster_port") for port in (self.tcp_port, self.http_port, self.interserver_port)
-        ]
-
-    def _extra_logs_hint(self) -> str:
-        return f", {self.err_log_file} and {self.stdout_file}"
-
-    def _log_excerpt(self, lines: int = 8) -> str:
-        for path in (self.err_log_file, self.stdout_file):
-            tail = [line for line in _proc.tail_lines(path, lines) if line.strip()]
-            if tail:
-                return f"; last lines of {path.name}:\n    " + "\n    ".join(tail)
-        return super()._log_excerpt(lines)
-
-    def prepare(self, progress: Progress) -> None:
-        _proc.ensure_apt_packages(
-            self.name,
-            _binary() is not None,
-            ["clickhouse-server", "clickhouse-client"],
-            log=self.state_dir / "apt.log",
-            progress=progress,
-        )
-        for sub in ("data", "tmp", "user_files", "format_schemas", "logs"):
-            (self.dir / sub).mkdir(parents=True, exist_ok=True)
-        _proc.write_if_changed(self.config_file, self._config_xml())
-        _proc.write_if_changed(self.dir / "users.xml", _USERS_XML.format(ddl_timeout=DDL_TIMEOUT_S))
+        return [(port, "stack.clickhouse_cluster_port") for port in self._ports]
 
     def _remote_servers(self) -> str:
         shards: dict[int, list[str]] = {}
@@ -155,43 +141,17 @@ class ClusterHost(Service):
         name = cluster_name(self.settings)
         return f"        <{name}>\n{body}        </{name}>\n"
 
-    def _config_xml(self) -> str:
-        def path(sub: str) -> str:
-            return escape(str(self.dir / sub)) + "/"
+    def _interserver_xml(self) -> str:
+        return (
+            f"    <interserver_http_port>{self.interserver_port}</interserver_http_port>\n"
+            "    <interserver_http_host>127.0.0.1</interserver_http_host>\n"
+        )
 
-        s = self.stack
-        return f"""<?xml version="1.0"?>
-<!-- Written by `nova stack up` (with clickhouse-cluster) from configs/nova.yaml; edits are overwritten. -->
-<yandex>
-    <logger>
-        <level>information</level>
-        <log>{escape(str(self.log_file))}</log>
-        <errorlog>{escape(str(self.err_log_file))}</errorlog>
-        <size>100M</size>
-        <count>3</count>
-    </logger>
-    <listen_host>127.0.0.1</listen_host>
-    <tcp_port>{self.tcp_port}</tcp_port>
-    <http_port>{self.http_port}</http_port>
-    <interserver_http_port>{self.interserver_port}</interserver_http_port>
-    <interserver_http_host>127.0.0.1</interserver_http_host>
-    <path>{path("data")}</path>
-    <tmp_path>{path("tmp")}</tmp_path>
-    <user_files_path>{path("user_files")}</user_files_path>
-    <format_schema_path>{path("format_schemas")}</format_schema_path>
-    <users_config>users.xml</users_config>
-    <default_profile>default</default_profile>
-    <default_database>default</default_database>
-    <max_connections>512</max_connections>
-    <keep_alive_timeout>3</keep_alive_timeout>
-    <max_concurrent_queries>100</max_concurrent_queries>
-    <uncompressed_cache_size>134217728</uncompressed_cache_size>
-    <mark_cache_size>134217728</mark_cache_size>
-    <mlock_executable>false</mlock_executable>
-    <remote_servers>
+    def _tail_xml(self) -> str:
+        return f"""    <remote_servers>
 {self._remote_servers()}    </remote_servers>
     <zookeeper>
-        <node><host>127.0.0.1</host><port>{s.zookeeper_port}</port></node>
+        <node><host>127.0.0.1</host><port>{self.stack.zookeeper_port}</port></node>
         <session_timeout_ms>10000</session_timeout_ms>
     </zookeeper>
     <macros>
@@ -202,23 +162,15 @@ class ClusterHost(Service):
     <distributed_ddl>
         <path>/clickhouse/task_queue/ddl</path>
     </distributed_ddl>
-</yandex>
 """
 
     def launch(self, progress: Progress) -> int:
         _wait_for_zookeeper(self.settings, progress)
-        progress(f"starting {self.name} on 127.0.0.1:{self.tcp_port}…")
-        binary = _binary() or "clickhouse-server"
-        pid = _proc.spawn_detached([binary, f"--config-file={self.config_file}"], log=self.stdout_file, cwd=self.dir)
-        _proc.write_pid(self.pid_file, pid)
-        return pid
+        return super().launch(progress)
 
     def probe_started(self) -> str | None:
-        if not _proc.port_accepts(self.tcp_port):
-            return f"nothing accepts connections on 127.0.0.1:{self.tcp_port}"
-        from pipelines.clickhouse import server_problem
-
-        return server_problem("127.0.0.1", self.tcp_port, timeout_s=3.0)
+        """Answers queries (the single server's health); check_health adds the replication checks."""
+        return super().check_health()
 
     def check_health(self, timeout_s: float = 3.0) -> str | None:
         reason = self.probe_started()
@@ -281,52 +233,3 @@ def _wait_for_zookeeper(settings: Settings, progress: Progress) -> None:
             progress("waiting for ZooKeeper (srvr: Mode: standalone) before starting the cluster…")
             said = True
         time.sleep(0.1)
-
-
-_USERS_XML = """<?xml version="1.0"?>
-<!-- Written by `nova stack up` (with clickhouse-cluster): user `default`, empty password, loopback only. -->
-<yandex>
-    <profiles>
-        <default>
-            <max_memory_usage>4000000000</max_memory_usage>
-            <use_uncompressed_cache>0</use_uncompressed_cache>
-            <!-- the first live replica of a shard: the one nova writes to -->
-            <load_balancing>in_order</load_balancing>
-            <!-- here, not from the client: clickhouse-driver's Int64 encoding reaches 18.16 garbled -->
-            <distributed_ddl_task_timeout>{ddl_timeout}</distributed_ddl_task_timeout>
-            <connect_timeout_with_failover_ms>200</connect_timeout_with_failover_ms>
-            <skip_unavailable_shards>0</skip_unavailable_shards>
-            <!-- `x IN (SELECT … FROM distributed)` inside a distributed query: always right, if not cheapest -->
-            <distributed_product_mode>global</distributed_product_mode>
-            <!-- an INSERT into a Distributed table returns once the rows are on their shards -->
-            <insert_distributed_sync>1</insert_distributed_sync>
-        </default>
-        <readonly>
-            <readonly>1</readonly>
-        </readonly>
-    </profiles>
-    <users>
-        <default>
-            <password></password>
-            <networks>
-                <ip>::1</ip>
-                <ip>127.0.0.1</ip>
-            </networks>
-            <profile>default</profile>
-            <quota>default</quota>
-        </default>
-    </users>
-    <quotas>
-        <default>
-            <interval>
-                <duration>3600</duration>
-                <queries>0</queries>
-                <errors>0</errors>
-                <result_rows>0</result_rows>
-                <read_rows>0</read_rows>
-                <execution_time>0</execution_time>
-            </interval>
-        </default>
-    </quotas>
-</yandex>
-"""

@@ -14,23 +14,19 @@ from __future__ import annotations
 
 import base64
 import os
-import re
 import shutil
 import subprocess
-import tempfile
 import uuid
 from pathlib import Path
 from xml.sax.saxutils import quoteattr
 
 from pipelines.errors import StackError
 from pipelines.stack import _proc
-from pipelines.stack._base import Service
+from pipelines.stack._base import JvmService
 from pipelines.stack._proc import Progress
 
 POM = Path(__file__).resolve().parents[2] / "stack" / "kafka" / "pom.xml"
 NODE_ID = 1
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
-_HEAP = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 
 def jar_cache_dir(version: str) -> Path:
@@ -39,7 +35,7 @@ def jar_cache_dir(version: str) -> Path:
     return base / "nova" / f"kafka-{version}"
 
 
-class Kafka(Service):
+class Kafka(JvmService):
     name = "kafka"
     dir_name = "kafka"
     stop_timeout_s = 30.0
@@ -54,16 +50,8 @@ class Kafka(Service):
         return self.properties
 
     @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
     def log_file(self) -> Path:
         return self.dir / "logs" / "server.log"
-
-    @property
-    def stdout_file(self) -> Path:
-        return self.dir / "kafka.out"
 
     @property
     def lib_dir(self) -> Path:
@@ -79,9 +67,6 @@ class Kafka(Service):
             (self.stack.kafka_controller_port, "stack.kafka_controller_port"),
         ]
 
-    def _extra_logs_hint(self) -> str:
-        return f" and {self.stdout_file}"
-
     def _log_excerpt(self, lines: int = 8) -> str:
         # A JVM that dies early (bad flag, no memory) only writes to its stdout file.
         if self.stdout_file.exists() and (
@@ -92,18 +77,11 @@ class Kafka(Service):
         return super()._log_excerpt(lines)
 
     def prepare(self, progress: Progress) -> None:
-        version = self.stack.kafka_version
-        if not _VERSION.match(version):
-            raise StackError(f"kafka: stack.kafka_version {version!r} is not a version", hint="e.g. 4.1.1")
-        if not _HEAP.match(self.stack.kafka_heap):
-            raise StackError(
-                f"kafka: stack.kafka_heap {self.stack.kafka_heap!r} is not a JVM size", hint="e.g. 1G or 512M"
-            )
-        _proc.ensure_apt_packages(
-            "java",
-            shutil.which("java") is not None,
-            ["openjdk-17-jre-headless"],
-            log=self.dir / "apt.log",
+        self._prepare_jvm(
+            version=self.stack.kafka_version,
+            version_example="4.1.1",
+            heap=self.stack.kafka_heap,
+            heap_example="1G or 512M",
             progress=progress,
         )
         self._fetch_jars(progress)
@@ -114,50 +92,17 @@ class Kafka(Service):
 
     def _fetch_jars(self, progress: Progress) -> None:
         version = self.stack.kafka_version
-        if self._jars_ready():
-            return
-        cache = jar_cache_dir(version)
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        with _proc.file_lock(
-            cache.parent / f"kafka-{version}.lock", on_wait="waiting for another Maven fetch…", progress=progress
-        ):
-            if self._jars_ready():  # fetched by whoever held the lock
-                return
-            _proc.ensure_apt_packages(
-                "maven", shutil.which("mvn") is not None, ["maven"], log=cache.parent / "apt.log", progress=progress
-            )
-            if not POM.exists():
-                raise StackError(f"kafka: {POM} is missing", hint="run nova from a checkout of the project")
-            progress(f"fetching Kafka {version} jars with Maven (first time only)…")
-            cache.mkdir(exist_ok=True)
-            log = cache / "maven.log"
-            staging = Path(tempfile.mkdtemp(prefix="lib.", dir=cache))
-            cmd = [
-                "mvn",
-                "-B",
-                "-q",
-                "-f",
-                str(POM),
-                f"-Dkafka.version={version}",
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={staging}",
-            ]
-            with open(log, "wb") as fh:
-                result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
-            if result.returncode != 0 or not (staging / f"kafka_2.13-{version}.jar").exists():
-                shutil.rmtree(staging, ignore_errors=True)
-                excerpt = "\n    ".join(line for line in _proc.tail_lines(log, 6) if line.strip())
-                raise StackError(
-                    f"kafka: Maven could not fetch org.apache.kafka:kafka_2.13:{version}"
-                    + (f":\n    {excerpt}" if excerpt else ""),
-                    hint=f"check that stack.kafka_version exists on Maven Central and that it is reachable; see {log}",
-                )
-            shutil.rmtree(self.lib_dir, ignore_errors=True)
-            staging.rename(self.lib_dir)  # atomic: a lib dir is complete or absent
-
-    def _jars_ready(self) -> bool:
-        return (self.lib_dir / f"kafka_2.13-{self.stack.kafka_version}.jar").exists()
+        _proc.fetch_maven_jars(
+            "kafka",
+            pom=POM,
+            version_property="kafka.version",
+            version=version,
+            lib_dir=self.lib_dir,
+            marker_jar=f"kafka_2.13-{version}.jar",
+            artifact="org.apache.kafka:kafka_2.13",
+            setting="stack.kafka_version",
+            progress=progress,
+        )
 
     def _write_config(self) -> None:
         s = self.stack

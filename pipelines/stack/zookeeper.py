@@ -14,22 +14,16 @@ ZooKeeper declares metrics-core and snappy-java "provided" (its tarball ships th
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
-import subprocess
-import tempfile
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from pipelines.errors import StackError
 from pipelines.stack import _proc
-from pipelines.stack._base import Service
+from pipelines.stack._base import JvmService
 from pipelines.stack._proc import Progress
 
 POM = Path(__file__).resolve().parents[2] / "stack" / "zookeeper" / "pom.xml"
-_VERSION = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.\-]*$")
-_HEAP = re.compile(r"^[0-9]+[kKmMgG]?$")
 
 
 def zookeeper_jar_dir(version: str) -> Path:
@@ -51,7 +45,7 @@ def four_letter_word(port: int, word: str, *, timeout_s: float = 2.0) -> str:
     return b"".join(chunks).decode(errors="replace")
 
 
-class ZooKeeper(Service):
+class ZooKeeper(JvmService):
     name = "zookeeper"
     dir_name = "zookeeper"
     stop_timeout_s = 20.0
@@ -66,16 +60,8 @@ class ZooKeeper(Service):
         return self.config_file
 
     @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
     def log_file(self) -> Path:
         return self.dir / "logs" / "zookeeper.log"
-
-    @property
-    def stdout_file(self) -> Path:
-        return self.dir / "zookeeper.out"
 
     @property
     def lib_dir(self) -> Path:
@@ -88,26 +74,16 @@ class ZooKeeper(Service):
     def ports(self) -> list[tuple[int, str]]:
         return [(self.stack.zookeeper_port, "stack.zookeeper_port")]
 
-    def _extra_logs_hint(self) -> str:
-        return f" and {self.stdout_file}"
-
     def _log_excerpt(self, lines: int = 8) -> str:
         tail = [line for line in _proc.tail_lines(self.stdout_file, lines) if line.strip()]
         return ("; last output lines:\n    " + "\n    ".join(tail)) if tail else super()._log_excerpt(lines)
 
     def prepare(self, progress: Progress) -> None:
-        version = self.stack.zookeeper_version
-        if not _VERSION.match(version):
-            raise StackError(f"zookeeper: stack.zookeeper_version {version!r} is not a version", hint="e.g. 3.9.4")
-        if not _HEAP.match(self.stack.zookeeper_heap):
-            raise StackError(
-                f"zookeeper: stack.zookeeper_heap {self.stack.zookeeper_heap!r} is not a JVM size", hint="e.g. 256M"
-            )
-        _proc.ensure_apt_packages(
-            "java",
-            shutil.which("java") is not None,
-            ["openjdk-17-jre-headless"],
-            log=self.dir / "apt.log",
+        self._prepare_jvm(
+            version=self.stack.zookeeper_version,
+            version_example="3.9.4",
+            heap=self.stack.zookeeper_heap,
+            heap_example="256M",
             progress=progress,
         )
         self._fetch_jars(progress)
@@ -116,49 +92,19 @@ class ZooKeeper(Service):
         _proc.write_if_changed(self.config_file, self._config())
         _proc.write_if_changed(self.dir / "logback.xml", _logback_xml(self.log_file))
 
-    def _jars_ready(self) -> bool:
-        return (self.lib_dir / f"zookeeper-{self.stack.zookeeper_version}.jar").exists()
-
     def _fetch_jars(self, progress: Progress) -> None:
-        if self._jars_ready():
-            return
         version = self.stack.zookeeper_version
-        cache = self.lib_dir.parent
-        cache.mkdir(parents=True, exist_ok=True)
-        with _proc.file_lock(cache / "fetch.lock", on_wait="waiting for another Maven fetch…", progress=progress):
-            if self._jars_ready():
-                return
-            _proc.ensure_apt_packages(
-                "maven", shutil.which("mvn") is not None, ["maven"], log=cache / "apt.log", progress=progress
-            )
-            if not POM.exists():
-                raise StackError(f"zookeeper: {POM} is missing", hint="run nova from a checkout of the project")
-            progress(f"fetching ZooKeeper {version} jars with Maven (first time only)…")
-            log = cache / "maven.log"
-            staging = Path(tempfile.mkdtemp(prefix="lib.", dir=cache))
-            cmd = [
-                "mvn",
-                "-B",
-                "-q",
-                "-f",
-                str(POM),
-                f"-Dzookeeper.version={version}",
-                "dependency:copy-dependencies",
-                "-DincludeScope=runtime",
-                f"-DoutputDirectory={staging}",
-            ]
-            with open(log, "wb") as fh:
-                result = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
-            if result.returncode != 0 or not (staging / f"zookeeper-{version}.jar").exists():
-                shutil.rmtree(staging, ignore_errors=True)
-                excerpt = "\n    ".join(line for line in _proc.tail_lines(log, 6) if line.strip())
-                raise StackError(
-                    f"zookeeper: Maven could not fetch org.apache.zookeeper:zookeeper:{version}"
-                    + (f":\n    {excerpt}" if excerpt else ""),
-                    hint=f"check that stack.zookeeper_version exists on Maven Central and is reachable; see {log}",
-                )
-            shutil.rmtree(self.lib_dir, ignore_errors=True)
-            staging.rename(self.lib_dir)  # atomic: a lib dir is complete or absent
+        _proc.fetch_maven_jars(
+            "zookeeper",
+            pom=POM,
+            version_property="zookeeper.version",
+            version=version,
+            lib_dir=self.lib_dir,
+            marker_jar=f"zookeeper-{version}.jar",
+            artifact="org.apache.zookeeper:zookeeper",
+            setting="stack.zookeeper_version",
+            progress=progress,
+        )
 
     def _config(self) -> str:
         props = {
