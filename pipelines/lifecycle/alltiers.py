@@ -47,17 +47,31 @@ class TieredSql:
 
 @dataclass
 class _Visible:
-    """Which copy of each day a query reads, given the journal's moves in flight."""
+    """Which copy of each day a query reads, given the journal's moves in flight.
+
+    `skip` is per unit of the table (the table itself, or on a cluster each shard): a shard in the
+    middle of a move skips the day in its own source only, so a cluster with skips is read per shard.
+    """
 
     cold: dict[date, list[ColdFile]] = field(default_factory=dict)
-    skip: dict[Tier, set[date]] = field(default_factory=lambda: {"hot": set(), "warm": set()})
+    skip: dict[int, dict[Tier, set[date]]] = field(default_factory=dict)
+
+    def skipped(self, unit: int, tier: Tier) -> set[date]:
+        return self.skip.get(unit, {}).get(tier, set())
 
 
 def _visible(life: Lifecycle, tiers: Tiers) -> _Visible:
     vis = _Visible()
     for day, manifest in list_manifests(life.cold, tiers.name).items():
         vis.cold[day] = list(manifest.files)
-    for entry in life.journal(tiers.name).open_entries():
+    for index, unit in enumerate(tiers.units()):
+        _in_flight(life, unit, vis, vis.skip.setdefault(index, {"hot": set(), "warm": set()}))
+    vis.cold = {d: fs for d, fs in vis.cold.items() if fs}
+    return vis
+
+
+def _in_flight(life: Lifecycle, tiers: Tiers, vis: _Visible, skip: dict[Tier, set[date]]) -> None:
+    for entry in life.journal(tiers.journal_key).open_entries():
         past_copy = entry.state != "planned"
         if entry.move == "warm-to-cold" and entry.state in ("verified", "source_dropped"):
             source: Tier = "hot" if tiers.layout == "volume" else "warm"
@@ -68,13 +82,15 @@ def _visible(life: Lifecycle, tiers: Tiers) -> _Visible:
                 vis.cold[entry.day] = files
         elif entry.move == "cold-to-hot" and past_copy:
             vis.cold[entry.day] = [f for f in vis.cold.get(entry.day, []) if f.key not in entry.cold_keys]
-        elif tiers.layout == "table" and entry.move in ("hot-to-warm", "warm-to-hot") and past_copy:
+        elif tiers.layout == "table" and entry.move in ("hot-to-warm", "warm-to-hot"):
             source_tier: Tier = "hot" if entry.move == "hot-to-warm" else "warm"
+            dest: Tier = "warm" if source_tier == "hot" else "hot"
+            # Killed between the copy and its journal entry: the destination's fingerprint tells.
+            if not past_copy and tiers.fingerprint(dest, entry.day) != entry.dest_before + entry.source:
+                continue
             parts = tiers.source_parts(source_tier, entry.day)
             if parts is not None and parts.min_block <= entry.source_max_block:
-                vis.skip[source_tier].add(entry.day)  # the destination already holds the copy
-    vis.cold = {d: fs for d, fs in vis.cold.items() if fs}
-    return vis
+                skip[source_tier].add(entry.day)  # the destination already holds the copy
 
 
 def tiered_sql(*, life: Lifecycle, sql: str) -> TieredSql:
@@ -133,9 +149,16 @@ def _union(life: Lifecycle, tiers: Tiers, vis: _Visible, days: list[date], lo: d
     bound = tiers.days_filter(lo, hi)
     branches: list[str] = []
     if isinstance(tiers, TableTiers):
-        for tier in ("hot", "warm") if tiers.warm_exists() else ("hot",):
-            where = bound + "".join(f" AND NOT ({tiers.day_filter(d)})" for d in sorted(vis.skip[tier]))
-            branches.append(f"SELECT {names} FROM {tiers.engine_source(tier, where)}")
+        units = tiers.units()
+        # A cluster reads through Distributed unless a shard is in the middle of a move: then per shard.
+        read: list[tuple[int, Tiers]] = (
+            [(0, tiers)] if len(units) == 1 or not _any_skip(vis) else list(enumerate(units))
+        )
+        for index, unit in read:
+            for tier in ("hot", "warm") if tiers.warm_exists() else ("hot",):
+                skipped = sorted(vis.skipped(index, tier))
+                where = bound + "".join(f" AND NOT ({unit.day_filter(d)})" for d in skipped)
+                branches.append(f"SELECT {names} FROM {unit.engine_source(tier, where)}")
     else:
         branches.append(f"SELECT {names} FROM {tiers.engine_source(None, bound)}")
     by_schema: dict[tuple[tuple[str, str], ...], list[str]] = {}
@@ -152,6 +175,10 @@ def _union(life: Lifecycle, tiers: Tiers, vis: _Visible, days: list[date], lo: d
         ]
         branches.append(f"SELECT {', '.join(exprs)} FROM {life.cold.read_function(keys, structure(schema))}")
     return " UNION ALL ".join(branches)
+
+
+def _any_skip(vis: _Visible) -> bool:
+    return any(days for unit in vis.skip.values() for days in unit.values())
 
 
 def _bounds(table: exp.Table, time_column: str) -> tuple[date | None, date | None]:

@@ -14,8 +14,10 @@ from pathlib import Path
 
 from pipelines.clickhouse import Store, open_store
 from pipelines.clickhouse.chdb_backend import ENGINE_CONFIG
+from pipelines.clickhouse.cluster_store import ClusterStore
 from pipelines.config import Settings
 from pipelines.errors import ConfigError
+from pipelines.lifecycle.cluster_tiers import ClusterTiers
 from pipelines.lifecycle.coldstore import ColdStore
 from pipelines.lifecycle.journal import Journal, journal_dir
 from pipelines.lifecycle.policy import Policy, load_policy
@@ -92,6 +94,11 @@ def open_lifecycle(*, settings: Settings, policy: Policy | None = None) -> Itera
         life = Lifecycle(settings=settings, policy=policy, store=store, engine=engine, cold=cold)
         http = None if engine is store else server_http_url(settings, policy)
         for table in policy.tables:
+            if isinstance(store, ClusterStore):
+                life.tiers[table.name] = ClusterTiers(
+                    store=store, engine=engine, table=table, warm=policy.warm, http_url=http
+                )
+                continue
             cls: type[Tiers] = VolumeTiers if store.caps.storage_policies else TableTiers
             life.tiers[table.name] = cls(store=store, engine=engine, table=table, warm=policy.warm, http_url=http)
         yield life

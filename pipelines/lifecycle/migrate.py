@@ -9,6 +9,7 @@ that day only (its source is kept) and the run goes on with the others; the repo
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,30 +169,36 @@ def run_tier_migrate(
     for tiers in life.tiers.values():
         tiers.check_partitioning()
     if dry_run:
-        for tiers in life.tiers.values():
-            _plan_table(life, tiers, phases, as_of, report)
+        for unit in _units(life):
+            _plan_table(life, unit, phases, as_of, report)
         report.elapsed_s = time.monotonic() - started
         return report
     with run_lock(life.state_dir / "run.lock"):
         life.cold.ensure()
         for tiers in life.tiers.values():
             tiers.ensure_warm()
-        for tiers in life.tiers.values():
-            _plan_table(life, tiers, phases, as_of, report)
+        for unit in _units(life):
+            _plan_table(life, unit, phases, as_of, report)
         total = len(report.plan)
-        budget = [max_partitions if max_partitions is not None else total]
-        for tiers in life.tiers.values():
-            _run_table(life, tiers, phases, as_of, report, budget, total, on_progress)
+        # No limit unless asked: the plan can undercount (a resumed hot → warm day may go on to cold).
+        budget = [max_partitions if max_partitions is not None else sys.maxsize]
+        for unit in _units(life):
+            _run_table(life, unit, phases, as_of, report, budget, total, on_progress)
         report.deferred = max(0, total - len(report.outcomes))
     report.elapsed_s = time.monotonic() - started
     return report
+
+
+def _units(life: Lifecycle) -> list[Tiers]:
+    """What the moves run on: each table, or on a cluster each shard of it (`cluster_tiers`)."""
+    return [unit for tiers in life.tiers.values() for unit in tiers.units()]
 
 
 def _plan_table(
     life: Lifecycle, tiers: Tiers, phases: tuple[Phase, ...], as_of: date | None, report: MigrateReport
 ) -> None:
     """Add to `report.plan` what this table's run would do, resumes first."""
-    open_entries = life.journal(tiers.name).open_entries()
+    open_entries = life.journal(tiers.journal_key).open_entries()
     busy = {e.day for e in open_entries}
     days = tiers.days()
     for entry in open_entries:
@@ -199,7 +206,7 @@ def _plan_table(
         report.plan.append(
             PlanItem(tiers.name, entry.day, entry.move, entry.source.rows, parts.bytes if parts else 0, entry.state)
         )
-    w = windows_for(tiers, days, set(list_manifests(life.cold, tiers.name)), as_of)
+    w = windows_for(tiers, tiers.window_days(days), set(list_manifests(life.cold, tiers.name)), as_of)
     if w is None:
         return
     report.windows[tiers.name] = w
@@ -250,12 +257,12 @@ def _run_table(
         if on_progress:
             on_progress(len(report.outcomes), total, f"{item.table} {item.day} {item.move}")
 
-    for entry in life.journal(tiers.name).open_entries():
+    for entry in life.journal(tiers.journal_key).open_entries():
         item = PlanItem(tiers.name, entry.day, entry.move, entry.source.rows, 0, entry.state)
         execute(item, partial(mover.run, entry))
     for phase in phases:
         days = tiers.days()
-        w = windows_for(tiers, days, set(list_manifests(life.cold, tiers.name)), as_of)
+        w = windows_for(tiers, tiers.window_days(days), set(list_manifests(life.cold, tiers.name)), as_of)
         if w is None:
             return
         for item in _phase_items(tiers, phase, days, w):

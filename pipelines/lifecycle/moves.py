@@ -45,7 +45,7 @@ class Mover:
     def __init__(self, life: Lifecycle, tiers: Tiers) -> None:
         self.life = life
         self.tiers = tiers
-        self.journal: Journal = life.journal(tiers.name)
+        self.journal: Journal = life.journal(tiers.journal_key)
 
     def plan(self, move: Move, day: date) -> Entry:
         """A journaled entry for `move` of `day`, with what the later steps will check against."""

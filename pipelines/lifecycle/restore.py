@@ -12,6 +12,7 @@ from datetime import date
 from typing import Any
 
 from pipelines.errors import UsageError
+from pipelines.lifecycle.cluster_tiers import ClusterTiers
 from pipelines.lifecycle.context import Lifecycle
 from pipelines.lifecycle.fingerprint import Fingerprint
 from pipelines.lifecycle.journal import Move
@@ -44,6 +45,11 @@ def restore_day(*, life: Lifecycle, day: date, table: str | None = None) -> Rest
     if name not in life.tiers:
         raise UsageError(f"table {name!r} has no lifecycle policy", hint=f"choose one of: {', '.join(life.tiers)}")
     tiers = life.tiers[name]
+    if isinstance(tiers, ClusterTiers):
+        raise UsageError(
+            f"restore of {name} on a ClickHouse cluster is not supported yet: a cold day holds one file per shard",
+            hint="query the day with nova query --all-tiers, or restore it on a single server",
+        )
     with run_lock(life.state_dir / "run.lock"):
         tiers.check_partitioning()
         tiers.ensure_warm()

@@ -72,7 +72,20 @@ class Tiers:
         self.name = table.name
         self.database = store.database
         self.http_url = http_url
+        self.journal_key = table.name  # a cluster's shards journal apart (`cluster_tiers`)
         self._columns: list[tuple[str, str]] | None = None
+
+    def units(self) -> list[Tiers]:
+        """What moves run on: this table itself, or on a cluster each shard (`cluster_tiers`)."""
+        return [self]
+
+    def window_days(self, days: dict[Tier, dict[date, DayParts]]) -> dict[Tier, dict[date, DayParts]]:
+        """The days the hot/warm windows are counted from: `days` itself, or on a cluster every shard's."""
+        return days
+
+    def _engine_table(self, table: str) -> str:
+        """`table` as the server behind `http_url` names it in the engine's reads."""
+        return f"{quote_identifier(self.database)}.{quote_identifier(table)}"
 
     @property
     def qualified(self) -> str:
@@ -136,8 +149,7 @@ class Tiers:
     def _from(self, table: str, where: str) -> str:
         """A FROM item for the engine: the table itself when the engine is the store, else url() over HTTP."""
         cols = ", ".join(quote_identifier(n) for n, _ in self.columns())
-        qualified = f"{quote_identifier(self.database)}.{quote_identifier(table)}"
-        select = f"SELECT {cols} FROM {qualified} WHERE {where}"
+        select = f"SELECT {cols} FROM {self._engine_table(table)} WHERE {where}"
         if self.engine is self.store:
             return f"({select})"
         if self.http_url is None:
@@ -335,7 +347,14 @@ def server_http_url(settings: Settings, policy: Policy) -> str:
     """The HTTP interface of clickhouse.url's server, with its user and password as query parameters."""
     url = settings.clickhouse.url
     parts = urlsplit(url)
-    base = policy.server_http_url or f"http://{parts.hostname or '127.0.0.1'}:{settings.stack.clickhouse_http_port}/"
+    # A cluster's URL lists several hosts: the default is the local cluster's first host (its Distributed tables).
+    port = (
+        settings.stack.clickhouse_cluster_port + 11
+        if settings.clickhouse.cluster
+        else settings.stack.clickhouse_http_port
+    )
+    host = (parts.hostname or "127.0.0.1").split(",")[0]
+    base = policy.server_http_url or f"http://{host}:{port}/"
     params = {"user": parts.username or "default"}
     if parts.password:
         params["password"] = parts.password
