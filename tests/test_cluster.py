@@ -85,8 +85,7 @@ def cluster_env(*, single: bool = False) -> PipelineEnv:
         "NOVA_CLICKHOUSE__DATABASE": name,
         "NOVA_CLICKHOUSE__URL": CLUSTER_URL,
         "NOVA_CLICKHOUSE__CLUSTER__NAME": "nova",
-        # Storage only: the fraud detector's per-partition state has its own tests (and, restored after
-        # a kill on the cluster, was seen spinning in Detector.restore: reported, not covered here).
+        # Storage only: the fraud detector's per-partition state has its own tests (tests/test_detect_*).
         "NOVA_DETECTION__ENABLED": "false",
     }
     return PipelineEnv(env, "cluster", env["NOVA_PIPELINE__TOPIC"], env["NOVA_PIPELINE__DLQ_TOPIC"], name)
@@ -342,7 +341,8 @@ def _same_answers_as_a_single_server(cluster: PipelineEnv, events: int, legacy: 
             single.nova("query", f"DROP DATABASE IF EXISTS {single.database}", expect=None)
 
 
-def test_stack_status_shows_each_host_and_its_replica_lag() -> None:
+def test_stack_status_shows_each_host_and_its_replica_lag(cluster: PipelineEnv) -> None:
+    cluster.nova("provision", "--yes")  # a database of its own: every host has replicated tables to report on
     rows = {r["name"]: r for r in json.loads(run_nova("stack", "status", "--json", expect=None).stdout)}
     for name, port in HOSTS.items():
         row = rows[f"clickhouse-{name}"]

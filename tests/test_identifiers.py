@@ -159,7 +159,7 @@ def test_a_view_into_a_missing_table_is_refused(proj: tuple[Path, dict[str, str]
     config, env = proj
 
     def retarget(data: dict[str, Any]) -> None:
-        data["views"][1]["to"] = "no_such_table"
+        data["views"][0]["to"] = "no_such_table"
 
     _edit_tables(config, retarget)
     result = run_nova("--config", str(config), "provision", "--yes", env=env, expect=1)
@@ -170,7 +170,7 @@ def test_a_view_into_a_missing_table_is_refused(proj: tuple[Path, dict[str, str]
 @pytest.mark.integration
 @pytest.mark.parametrize(
     ("where", "name"),
-    [("tables.2.name", "al-erts"), ("tables.0.columns.1", "event time"), ("views.1.name", "x;y")],
+    [("tables.2.name", "al-erts"), ("tables.0.columns.1", "event time"), ("views.0.name", "x;y")],
 )
 def test_a_bad_name_in_a_spec_exits_2_naming_file_and_key(
     proj: tuple[Path, dict[str, str]], where: str, name: str
