@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,10 +14,10 @@ from pipelines.errors import UsageError
 from pipelines.fraudeval.metrics import compute_figures
 from pipelines.fraudeval.report import render_report
 from pipelines.fraudeval.run import EvaluationResult, PartResult, new_names
+from tests.browser import screenshot
 from tests.conftest import REPO, run_nova
 from tests.test_fraud_eval_metrics import STREAM, _outcomes
 
-CHROMIUM = "/usr/bin/chromium"
 MS = pa.timestamp("ms", tz="UTC")
 
 
@@ -142,17 +140,5 @@ def test_the_report_is_self_contained_and_renders_in_chromium(tmp_path: Path) ->
     assert html.count("<svg") == 4  # recall, recall ≤ 10 s and precision per scenario; first-alert delays
     report = tmp_path / "report.html"
     report.write_text(html)
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    shot = tmp_path / "report.png"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                "--window-size=1280,2000", f"--screenshot={shot}", report.as_uri(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )  # fmt: skip
+    shot = screenshot(report, tmp_path / "report.png", height=2000)
     assert shot.exists() and shot.stat().st_size > 20_000  # a page with tables and charts, not a blank one

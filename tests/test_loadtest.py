@@ -7,7 +7,6 @@ import io
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import fastavro
@@ -27,10 +26,9 @@ from pipelines.loadtest.report import render_report, write_csv
 from pipelines.loadtest.results import Completeness, RunResult, StepResult
 from pipelines.loadtest.stamping import PayloadPool, transaction_id, varint_width
 from pipelines.loadtest.verdict import judge, why_broken
+from tests.browser import screenshot
 from tests.conftest import REPO, run_nova
 from tests.pipeline_env import make_env
-
-CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture(scope="module")
@@ -521,19 +519,7 @@ def test_the_report_is_self_contained_and_renders_in_chromium(settings: Settings
     assert len(timeline.read_text().splitlines()) == len(result.seconds) + 1
     assert len(steps.read_text().splitlines()) == 4  # header, 2 steps, whole run
 
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} is missing: apt-get install -y chromium"
-    shot = tmp_path / "report.png"
-    with tempfile.TemporaryDirectory() as profile:
-        subprocess.run(
-            [
-                CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}",
-                "--window-size=1280,2400", f"--screenshot={shot}", report.as_uri(),
-            ],
-            capture_output=True,
-            timeout=120,
-            check=True,
-        )  # fmt: skip
+    shot = screenshot(report, tmp_path / "report.png", height=2400)
     assert shot.exists() and shot.stat().st_size > 20_000  # a page with tables and charts, not a blank one
 
 

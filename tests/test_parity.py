@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -24,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from tests.browser import screenshot
 from tests.conftest import REPO, run_nova, unique
 
 if TYPE_CHECKING:
@@ -671,15 +670,7 @@ def test_html_report(sides: Sides, tmp_path: Path) -> None:
     assert expected[0]["transaction_id"] in page and "2024-03-05T04:30:15Z" in page
     assert "<script" not in page.lower()
     # Chromium must render the page (offline) to an image; `make test` installs Debian's chromium.
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert browser, "chromium is missing: apt-get install -y chromium (make test does)"
-    png = tmp_path / "parity.png"
-    subprocess.run(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={png}", "--window-size=1280,1600", out.as_uri()],
-        capture_output=True, timeout=120, check=False,
-    )  # fmt: skip
+    png = screenshot(out, tmp_path / "parity.png", height=1600)
     assert png.exists() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
