@@ -1,6 +1,7 @@
 """`--workers N`: N worker processes in one consumer group, restarted if one dies.
 
-Children report `dataclasses.asdict(WorkerStatus)` snapshots over a queue; a child that fails
+Children report `dataclasses.asdict(WorkerStatus)` snapshots over a pipe each (channel.py:
+safe against kill -9 mid-message, unlike a shared multiprocessing.Queue); a child that fails
 with a NovaError sends `NovaError.to_dict()` and exits with FATAL_EXIT, and the supervisor raises
 the same error (`NovaError.from_dict`: same kind, message, hint and exit code).
 """
@@ -8,25 +9,23 @@ the same error (`NovaError.from_dict`: same kind, message, hint and exit code).
 from __future__ import annotations
 
 import multiprocessing as mp
-import queue
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from types import FrameType
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from pipelines.errors import NovaError
+from pipelines.ingest.channel import StatusReceiver, StatusSender
 from pipelines.ingest.models import WorkerStatus
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
     from multiprocessing.process import BaseProcess
-    from multiprocessing.queues import Queue
 
     from pipelines.config import Settings
-
-_Queue: TypeAlias = "Queue[tuple[int, dict[str, Any]]]"  # (worker index, a status as a dict, or {"fatal": error})
 RESTART_DELAY_S = 1.0
 FATAL_EXIT = 3
 CRASH_LOOP = (5, 60.0)  # this many crashes (exit code > 0) within this many seconds: give up
@@ -44,7 +43,7 @@ def install_stop_handlers(stop_event: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def _child(settings_json: str, source: str, root: str, index: int, until_caught_up: bool, q: _Queue) -> None:
+def _child(settings_json: str, source: str, root: str, index: int, until_caught_up: bool, conn: Connection) -> None:
     from pathlib import Path
 
     from pipelines.config import Settings
@@ -54,6 +53,7 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
     settings.source, settings.root = Path(source), Path(root)
     stop = threading.Event()
     install_stop_handlers(stop)
+    sender = StatusSender(conn, index)
     last = 0.0
 
     def report(status: WorkerStatus) -> None:
@@ -61,7 +61,7 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
         now = time.monotonic()
         if now - last >= 0.5 or status.state in ("stopped", "waiting"):
             last = now
-            q.put((index, asdict(status)))
+            sender.post(asdict(status))
 
     _stop_with_parent(stop)
     try:
@@ -74,9 +74,9 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
             coordinated=True,
         )
     except NovaError as exc:  # an expected failure (e.g. table missing): no point restarting
-        q.put((index, {"fatal": exc.to_dict()}))
+        sender.close({"fatal": exc.to_dict()})
         raise SystemExit(FATAL_EXIT) from None
-    q.put((index, asdict(status)))
+    sender.close(asdict(status))
 
 
 def _stop_with_parent(stop: threading.Event) -> None:
@@ -102,7 +102,7 @@ def supervise(
     stop_event: threading.Event,
 ) -> list[WorkerStatus]:
     ctx = mp.get_context("spawn")
-    q: _Queue = ctx.Queue()
+    inbox = StatusReceiver()
     payload = settings.model_dump_json(by_alias=True)
     procs: dict[int, BaseProcess] = {}
     latest: dict[int, WorkerStatus] = {}
@@ -113,20 +113,23 @@ def supervise(
     crashes: list[float] = []
 
     def start(i: int) -> None:
+        reader, writer = ctx.Pipe(duplex=False)
         proc = ctx.Process(
             target=_child,
             name=f"nova-ingest-{i}",
             daemon=False,
-            args=(payload, str(settings.source), str(settings.root), i, until_caught_up, q),
+            args=(payload, str(settings.source), str(settings.root), i, until_caught_up, writer),
         )
         proc.start()
+        writer.close()  # the child holds the only write end: its death is EOF here
+        inbox.add(reader)
         procs[i] = proc
 
     for i in range(workers):
         start(i)
     try:
         while True:
-            fatal = _drain(q, latest)
+            fatal = _drain(inbox, latest)
             if fatal:
                 raise NovaError.from_dict(fatal)
             if on_status:
@@ -170,7 +173,7 @@ def supervise(
             if proc.is_alive():
                 proc.kill()
                 proc.join(1)
-        _drain(q, latest)
+        _drain(inbox, latest, finish=True)
     return [*retired, *latest.values()]
 
 
@@ -199,14 +202,12 @@ def _all_caught_up(procs: dict[int, BaseProcess], latest: dict[int, WorkerStatus
     return owned >= set(range(partitions))
 
 
-def _drain(q: _Queue, latest: dict[int, WorkerStatus]) -> dict[str, Any] | None:
+def _drain(inbox: StatusReceiver, latest: dict[int, WorkerStatus], *, finish: bool = False) -> dict[str, Any] | None:
+    """Apply the statuses received; `finish`: the workers have exited, collect their last words too."""
     fatal = None
-    while True:
-        try:
-            index, data = q.get_nowait()
-        except queue.Empty:
-            return fatal
+    for index, data in inbox.finish(2.0) if finish else inbox.drain():
         if "fatal" in data:
             fatal = data["fatal"]
         else:
             latest[index] = WorkerStatus.from_dict(data)
+    return fatal
