@@ -379,6 +379,14 @@ class DetectionSettings(_Section):
     merchant_risk_refresh_s: float = Field(
         60.0, gt=0, description="How often the workers re-read merchant risk (fraud share by merchant) from ClickHouse."
     )
+    merchant_risk_step_s: int = Field(
+        21_600,
+        ge=60,
+        description=(
+            "Merchant risk is as of whole steps of event time this long: a label counts from the next step "
+            "boundary; a replay (nova fraud evaluate) waits for the pipeline at each boundary."
+        ),
+    )
 
 
 class StackSettings(_Section):

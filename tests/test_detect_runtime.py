@@ -308,11 +308,12 @@ def test_alerts_with_kill_9s_equal_alerts_without(
 
 def test_late_labels_raise_merchant_risk_and_alert_later_transactions_only(det: DetectEnv) -> None:
     now_ms = int(time.time() * 1000)
-    template = background(det.settings, 2, seed=5, start_ms=now_ms - 4 * 60 * MINUTE_MS, spread_s=60)
+    # 13 h before now: a merchant-risk step boundary (every 6 h) falls between the labels and `after`
+    template = background(det.settings, 2, seed=5, start_ms=now_ms - 14 * 60 * MINUTE_MS, spread_s=60)
     shop, other = template[0]["merchant_id"], template[1]["merchant_id"]
     assert shop != other
     plain = {"currency": "EUR", "status": "CAPTURED", "channel": "ECOM", "amount_minor": 3_000}
-    t0 = now_ms - 3 * 60 * MINUTE_MS
+    t0 = now_ms - 13 * 60 * MINUTE_MS
     through_shop = [
         like(template[0], card_id=f"card-shop-{i}", device_id=f"dev-shop-{i}", event_time=t0 + i * MINUTE_MS, **plain)
         for i in range(20)

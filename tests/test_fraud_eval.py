@@ -156,6 +156,35 @@ def test_evaluate_a_hand_labelled_corpus_through_the_real_path(tmp_path: Path) -
         _drop_runs(state)
 
 
+def test_alerts_do_not_depend_on_the_replay_speed(tmp_path: Path) -> None:
+    """Merchant risk is read from what is stored: fast or slow, the replay must give the same alerts."""
+    state = tmp_path / "state"
+    env = {"NOVA_STACK__STATE_DIR": str(state)}
+    run_nova(
+        "generate", "--count", "6000", "--fraud-rate", "0.03", "--spread-days", "10", "--seed", "5", "--cards", "300",
+        "--scenario", "compromised_merchant=3", "--scenario", "amount_spike=1", "--label-delay", "1d",
+        "--labels-out", str(tmp_path / "labels.parquet"), "--out", str(tmp_path / "tx.parquet"), env=env,
+    )  # fmt: skip
+    alerted: list[dict[str, list[str]]] = []
+    try:
+        for rate in (None, "400"):
+            result = run_nova(
+                "fraud", "evaluate", "--transactions", str(tmp_path / "tx.parquet"),
+                "--labels", str(tmp_path / "labels.parquet"), "--json", "--keep",
+                *(("--rate", rate) if rate else ()), env=env, timeout=600,
+            )  # fmt: skip
+            run = json.loads(result.stdout)["run"]
+            stored = _stored(state / "fraudeval" / run["run_id"], run["database"])
+            alerted.append({a["transaction_id"]: sorted(a["rules"]) for a in stored["alerts"]})
+        fast, slow = alerted
+        by_merchant = [t for t, rules in slow.items() if "compromised_merchant" in rules]
+        assert by_merchant, "the corpus must exercise merchant risk for this test to mean anything"
+        assert set(fast) == set(slow), f"{len(set(fast) ^ set(slow))} alerts differ between the two speeds"
+        assert fast == slow
+    finally:
+        _drop_runs(state)
+
+
 @pytest.mark.long
 def test_train_days_trains_on_the_first_days_and_judges_the_rest(tmp_path: Path) -> None:
     state = tmp_path / "state"

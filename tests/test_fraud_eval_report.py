@@ -124,7 +124,7 @@ def test_the_report_is_self_contained_and_renders_in_chromium(tmp_path: Path) ->
     figures = compute_figures(_outcomes(STREAM), k=2)
     part = PartResult(
         name="all", rows=(0, len(STREAM)), produced=len(STREAM), labels_fed=5, produce_s=0.1, drain_s=1.0,
-        ingest={}, model=None, figures=figures,
+        barriers=0, barrier_s=0.0, ingest={}, model=None, figures=figures,
     )  # fmt: skip
     result = EvaluationResult(
         run_id="cafe0123", transactions_file="tx.parquet", labels_file="labels <b>.parquet", corpus_rows=len(STREAM),

@@ -6,11 +6,19 @@ whose `label_time` is at or before the as-of instant: evaluated at the detector'
 watermark, a replay of months of history at full speed sees the labels that existed at each
 point of that history, not the ones that arrived by the end.
 
-As-of instants are whole steps of event time (`step_ms`): every partition's detector switches to
-the risk of step B at the first row whose watermark reaches B, so where in its stream a partition
-sees new risk does not depend on batch boundaries or on which worker runs it. The risk of a step is
-computed once per process and cached; `refresh` re-reads the current step on a wall-clock interval
-to pick up labels that arrived since (live traffic, where event time ≈ wall time).
+As-of instants are whole steps of event time (`detection.merchant_risk_step_s`, 6 h by default):
+every partition's detector switches to the risk of step B at the first row whose watermark reaches
+B, so where in its stream a partition sees new risk does not depend on batch boundaries or on which
+worker runs it. The risk of a step is computed once per process and cached; `refresh` re-reads the
+current step on a wall-clock interval to pick up labels that arrived since (live traffic, where
+event time ≈ wall time).
+
+A step's risk reads what is stored: computed before every partition has stored its rows of the
+window (and the labels known by then), it is computed from less. Live, that is the price of being
+live; a replay must hold the producer at each step boundary until the pipeline has caught up
+(`nova fraud evaluate` does), or its alerts depend on its speed. Hence steps of hours, not minutes:
+a replay of 6 months waits at 730 boundaries, and a chargeback days late loses little by counting
+from the next boundary.
 """
 
 from __future__ import annotations
@@ -23,9 +31,12 @@ from pipelines.clickhouse.sql import quote_identifier
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
+    from pipelines.config import Settings
 
 DAY_MS = 86_400_000
 CACHED_STEPS = 512
+WINDOW_MS = 28 * DAY_MS
+MIN_COUNT = 10
 
 
 class MerchantRisk:
@@ -50,8 +61,22 @@ class MerchantRisk:
         self.step_ms = step_ms
         self._cache: OrderedDict[int, dict[str, float]] = OrderedDict()
         self._first_fraud_ms: int | None = None  # earliest fraud label_time stored, as last read
-        self._first_checked = False
         self.queries = 0
+
+    @classmethod
+    def for_settings(cls, settings: Settings, store: Store) -> MerchantRisk:
+        """The merchant risk the workers read (and `nova fraud train` replays), over `store`."""
+        from pipelines.detect.labels import LABELS_TABLE
+
+        return cls(
+            store,
+            database=settings.clickhouse.database,
+            table=settings.pipeline.table,
+            labels_table=LABELS_TABLE,
+            window_ms=WINDOW_MS,
+            min_count=MIN_COUNT,
+            step_ms=int(settings.detection.merchant_risk_step_s * 1000),
+        )
 
     def step_of(self, watermark_ms: int) -> int:
         """The as-of instant in force for a detector whose watermark is `watermark_ms`."""
@@ -63,7 +88,8 @@ class MerchantRisk:
         if cached is not None and not refresh:
             self._cache.move_to_end(as_of_ms)
             return cached
-        if refresh or not self._first_checked:
+        if refresh or self._first_fraud_ms is None or as_of_ms < self._first_fraud_ms:
+            # cheap (the labels table), and a new step may be the first with fraud known: never assume none
             self._first_fraud_ms = self._first_fraud()
         # No fraud known by then (a replay's early history, or no labels at all): nothing to scan.
         risk = {} if self._first_fraud_ms is None or as_of_ms < self._first_fraud_ms else self._query(as_of_ms)
@@ -74,7 +100,6 @@ class MerchantRisk:
         return risk
 
     def _first_fraud(self) -> int | None:
-        self._first_checked = True
         rows = self.store.query_rows(
             f"SELECT toInt64(toUnixTimestamp(min(label_time))) * 1000, count() FROM {self.labels} WHERE is_fraud = 1"
         )

@@ -77,6 +77,8 @@ class PartResult:
     labels_fed: int
     produce_s: float
     drain_s: float
+    barriers: int
+    barrier_s: float  # of produce_s, the time spent waiting for the pipeline at step boundaries
     ingest: dict[str, Any]
     model: str | None  # the model artifact the workers used; None: rules only
     figures: Figures | None = None
@@ -127,6 +129,8 @@ class EvaluationResult:
                 "labels_fed": p.labels_fed,
                 "produce_s": p.produce_s,
                 "drain_s": p.drain_s,
+                "barriers": p.barriers,
+                "barrier_s": p.barrier_s,
                 "model": p.model,
                 "ingest": p.ingest,
                 **(p.figures.to_dict() if p.figures is not None else {}),
@@ -387,6 +391,9 @@ def _run_part(
             if on_progress:
                 on_progress(stage, n, total)
 
+        def barrier() -> None:  # see replay: the merchant risk of the next step reads a complete past
+            _wait_drained([watcher, labels_watcher], stop, outcome, on_progress=None, stage=stage, poll_s=0.02)
+
         sent = produce_corpus(
             settings=es,
             corpus=corpus,
@@ -396,6 +403,8 @@ def _run_part(
             labels_topic=names.labels_topic,
             rate=rate,
             on_produced=produced,
+            barrier=barrier,
+            step_ms=int(es.detection.merchant_risk_step_s * 1000),
         )
         drain_started = time.monotonic()
         _wait_drained([watcher, labels_watcher], stop, outcome, on_progress=on_progress, stage=f"{name}: ingest")
@@ -416,6 +425,8 @@ def _run_part(
         labels_fed=sent.labels,
         produce_s=sent.elapsed_s,
         drain_s=drain_s,
+        barriers=sent.barriers,
+        barrier_s=sent.barrier_s,
         ingest=_ingest_summary(report),
         model=es.detection.model,
     )
@@ -461,6 +472,7 @@ def _wait_drained(
     *,
     on_progress: OnProgress | None,
     stage: str,
+    poll_s: float = 0.25,
 ) -> None:
     """Until every watched group has committed up to its topic's end offsets."""
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
@@ -487,7 +499,7 @@ def _wait_drained(
                 f"({done:,} of {total:,} offsets committed)",
                 hint="see the ingest errors above; re-run with --keep to inspect the run's topics and tables",
             )
-        stop.wait(0.25)
+        stop.wait(poll_s)
 
 
 def _read_outcomes(es: Settings, names: EvalNames, corpus: Corpus) -> Outcomes:

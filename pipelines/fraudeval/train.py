@@ -104,19 +104,9 @@ def _known_frauds(store: Store, database: str, until_ms: int) -> set[str]:
 
 def merchant_risk_for(settings: Settings, store: Store) -> MerchantRisk:
     """The merchant risk the workers read, over this store (the same window, minimum and step)."""
-    from pipelines.detect.labels import LABELS_TABLE
     from pipelines.detect.merchant_risk import MerchantRisk
-    from pipelines.ingest.detection import MERCHANT_RISK_MIN_COUNT, MERCHANT_RISK_STEP_MS, MERCHANT_RISK_WINDOW_MS
 
-    return MerchantRisk(
-        store,
-        database=settings.clickhouse.database,
-        table=settings.pipeline.table,
-        labels_table=LABELS_TABLE,
-        window_ms=MERCHANT_RISK_WINDOW_MS,
-        min_count=MERCHANT_RISK_MIN_COUNT,
-        step_ms=MERCHANT_RISK_STEP_MS,
-    )
+    return MerchantRisk.for_settings(settings, store)
 
 
 def replay_partitions(

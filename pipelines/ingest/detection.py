@@ -64,9 +64,6 @@ if TYPE_CHECKING:
 SNAPSHOT_INTERVAL_S = 10.0
 ALERT_SUBJECT = "transactions.alerts-value"
 LONGEST_WINDOW_MS = 30 * 86_400_000  # the detector's longest window (features: 1 min … 30 d)
-MERCHANT_RISK_WINDOW_MS = 28 * 86_400_000
-MERCHANT_RISK_MIN_COUNT = 10
-MERCHANT_RISK_STEP_MS = 3_600_000
 STATUS_INTERVAL_S = 0.5
 MS = pa.timestamp("ms", tz="UTC")
 # The batch columns of the design (pipelines.detect.engine.Detector.process), in ClickHouse order.
@@ -120,7 +117,6 @@ class DetectionStage:
         from pipelines.detect.alerts import AlertSink
         from pipelines.detect.config import load_detection_config
         from pipelines.detect.features import STATE_VERSION
-        from pipelines.detect.labels import LABELS_TABLE
         from pipelines.detect.merchant_risk import MerchantRisk
         from pipelines.detect.model import FraudModel
         from pipelines.detect.snapshot import SnapshotStore
@@ -141,15 +137,7 @@ class DetectionStage:
         self.snapshots: SnapshotStore = SnapshotStore(
             store, database=db, group_id=p.group_id, topic=p.topic, config_hash=f"state-v{STATE_VERSION}"
         )
-        self.risk: MerchantRisk = MerchantRisk(
-            store,
-            database=db,
-            table=p.table,
-            labels_table=LABELS_TABLE,
-            window_ms=MERCHANT_RISK_WINDOW_MS,
-            min_count=MERCHANT_RISK_MIN_COUNT,
-            step_ms=MERCHANT_RISK_STEP_MS,
-        )
+        self.risk: MerchantRisk = MerchantRisk.for_settings(settings, store)
         self.sink: AlertSink = AlertSink(store, database=db, producer=None, topic=ds.alerts_topic, encoder=None)
         self.detectors: dict[int, Detector] = {}
         self.position: dict[int, int] = {}  # partition → last offset the detector reflects
