@@ -265,7 +265,12 @@ class PipelineSettings(_Section):
     table: Identifier = Field("transactions", description="ClickHouse table of ingested transactions.")
     batch_max_rows: int = Field(100_000, ge=1, description="Insert when a batch reaches this many rows…")
     batch_max_seconds: float = Field(
-        1.0, gt=0, description="…or when its oldest row has waited this long since it was consumed (latency budget)."
+        1.0,
+        gt=0,
+        description=(
+            "…or when its oldest row has waited this long since it was consumed (latency budget); "
+            "a batch is also inserted as soon as a fetch finds nothing more to read."
+        ),
     )
     overlap_insert: bool = Field(
         False, description="Run a batch's insert on a thread while the next batch is consumed and decoded."

@@ -161,13 +161,13 @@ def test_alerts_do_not_depend_on_the_replay_speed(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {"NOVA_STACK__STATE_DIR": str(state)}
     run_nova(
-        "generate", "--count", "6000", "--fraud-rate", "0.03", "--spread-days", "10", "--seed", "5", "--cards", "300",
+        "generate", "--count", "4000", "--fraud-rate", "0.03", "--spread-days", "6", "--seed", "5", "--cards", "300",
         "--scenario", "compromised_merchant=3", "--scenario", "amount_spike=1", "--label-delay", "1d",
         "--labels-out", str(tmp_path / "labels.parquet"), "--out", str(tmp_path / "tx.parquet"), env=env,
     )  # fmt: skip
     alerted: list[dict[str, list[str]]] = []
     try:
-        for rate in (None, "400"):
+        for rate in (None, "800"):  # without the step barriers: 79 and 93 alerts; with them 102 and 102
             result = run_nova(
                 "fraud", "evaluate", "--transactions", str(tmp_path / "tx.parquet"),
                 "--labels", str(tmp_path / "labels.parquet"), "--json", "--keep",

@@ -200,7 +200,9 @@ class Worker:
                     idle_since = time.monotonic()
                 if self._inflight is not None and not self._insert_running():
                     self._finish_inflight()  # commit it now: its rows are queryable already
-                if self._batch_due():
+                if self._batch_due() or (not msgs and not self.batch.empty()):
+                    # full, old enough, or nothing more to read (a 0.1 s fetch came back empty):
+                    # waiting out batch_max_seconds then would only add latency
                     self._flush(overlap=self.p.overlap_insert)
                 if self._rejoin_wanted:
                     self._rejoin()
