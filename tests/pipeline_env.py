@@ -100,3 +100,15 @@ def wait_until(predicate: Any, *, timeout: float, interval: float = 1.0, what: s
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def worker_pids(supervisor: Any) -> list[int]:
+    """The ingest worker processes of a `nova ingest` (its multiprocessing children, `psutil.Process`)."""
+    import psutil
+
+    pids = []
+    for child in supervisor.children():
+        with contextlib.suppress(psutil.Error):
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+    return pids

@@ -21,7 +21,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, run_nova, unique
-from tests.pipeline_env import SERVER_URL, PipelineEnv, wait_until
+from tests.pipeline_env import SERVER_URL, PipelineEnv, wait_until, worker_pids
 from tests.test_parity import legacy_schema  # noqa: F401 (a fixture: an empty legacy warehouse of the test's own)
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
@@ -191,16 +191,6 @@ def test_bad_cluster_config_is_a_config_error_before_anything(tmp_path: Path) ->
     assert "clickhouse.cluster.shard_key" in key.stderr
 
 
-def _worker_pids(sup: psutil.Process) -> list[int]:
-    """The ingest worker processes (multiprocessing children), not its resource tracker."""
-    pids = []
-    for child in sup.children():
-        with contextlib.suppress(psutil.Error):
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-    return pids
-
-
 def _replica_counts(database: str) -> dict[str, int]:
     return {
         name: int(_on_host(port, f"SELECT count() FROM `{database}`.transactions_local")[0][0])
@@ -243,7 +233,7 @@ def test_ingest_exactly_once_with_workers_and_a_replica_killed(
             time.sleep(2.0)
             _restart_hosts()
             continue
-        pids = _worker_pids(sup)
+        pids = worker_pids(sup)
         if pids:
             os.kill(rng.choice(pids), signal.SIGKILL)
             kills += 1

@@ -29,7 +29,7 @@ from pipelines.contracts.reference import load_reference
 from pipelines.contracts.registry import open_registry
 from pipelines.synth import iter_transactions
 from tests.conftest import REPO, run_nova
-from tests.pipeline_env import PipelineEnv, make_env
+from tests.pipeline_env import PipelineEnv, make_env, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -117,7 +117,6 @@ class DetectEnv:
         return out
 
     def cleanup(self) -> None:
-        import contextlib
 
         with contextlib.suppress(Exception):
             kafka.delete_topics(self.settings, [self.labels_topic, self.alerts_topic])
@@ -219,16 +218,6 @@ def test_each_scenario_alerts_with_its_rule_once_on_table_and_topic(det: DetectE
     assert "card_testing" in table and card in table
 
 
-def _worker_pids(supervisor: psutil.Process) -> list[int]:
-    """The ingest worker processes (multiprocessing children), not its resource tracker."""
-    pids = []
-    for child in supervisor.children():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-    return pids
-
-
 @pytest.fixture(scope="module")
 def corpus_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Labelled traffic from the synth generator (every scenario), as files, so two runs get the same events."""
@@ -284,7 +273,7 @@ def test_alerts_with_kill_9s_equal_alerts_without(
     kills = 0
     while producer.is_alive() or kills < 3:
         time.sleep(rng.uniform(2.0, 3.5))
-        pids = _worker_pids(sup)
+        pids = worker_pids(sup)
         if pids:
             os.kill(pids[0], signal.SIGKILL)
             kills += 1

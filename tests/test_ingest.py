@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from tests.conftest import REPO, run_nova, unique
-from tests.pipeline_env import PipelineEnv, make_env, wait_until
+from tests.pipeline_env import PipelineEnv, make_env, wait_until, worker_pids
 
 pytestmark = pytest.mark.integration
 
@@ -69,18 +69,6 @@ def test_rollups_follow_the_table_and_no_alerts_with_detection_off(pipeline: Pip
     assert int(unknown) == 0, "every generated merchant is in the merchant dimension"
 
 
-def _worker_pids(supervisor: psutil.Process) -> list[int]:
-    """The ingest worker processes (multiprocessing children), not its resource tracker."""
-    pids = []
-    for child in supervisor.children():
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return pids
-
-
 @pytest.mark.slow
 def test_exactly_once_under_kill_9(pipeline: PipelineEnv, tmp_path: Path) -> None:
     workers = "1" if pipeline.backend == "embedded" else "3"
@@ -103,7 +91,7 @@ def test_exactly_once_under_kill_9(pipeline: PipelineEnv, tmp_path: Path) -> Non
     deadline = time.monotonic() + 240
     while kills < 22 and time.monotonic() < deadline:
         time.sleep(rng.uniform(0.3, 1.6))
-        pids = _worker_pids(sup)
+        pids = worker_pids(sup)
         if not pids:
             continue
         os.kill(rng.choice(pids), signal.SIGKILL)

@@ -25,21 +25,11 @@ import psutil
 import pyarrow as pa
 import pytest
 
-from tests.pipeline_env import SERVER_URL, PipelineEnv, make_env
+from tests.pipeline_env import SERVER_URL, PipelineEnv, make_env, worker_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.server]
 
 STALL_S = 7.0  # longer than the 3 s session of make_env: the group moves the partitions meanwhile
-
-
-def worker_pids(supervisor: psutil.Process) -> list[int]:
-    """The ingest worker processes (multiprocessing children), not its resource tracker."""
-    pids = []
-    for child in supervisor.children():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-    return pids
 
 
 def duplicated_offsets(pe: PipelineEnv) -> int:
