@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psycopg
 import pytest
 
-from tests.conftest import unique
+from tests.conftest import REPO, unique
 from tests.pipeline_env import PipelineEnv, make_env, wait_until
 
 pytestmark = pytest.mark.integration
@@ -104,15 +103,32 @@ def test_without_resume_an_interrupted_job_is_refused(dual, tmp_path: Path) -> N
     pe, since, until = dual
     pe.nova("legacy", "seed", "--days", "2", "--rows", "5000", "--seed", "7", "--until", until)
     args = ("replay", "--source", "legacy", "--since", since, "--until", until)
-    proc = pe.spawn(*args, "--rate", "1000", log=tmp_path / "replay.log")
-    wait_until(
-        lambda: (tmp_path / "replay.log").stat().st_size > 0 or proc.poll() is not None,
-        timeout=30,
-        interval=0.5,
-        what="replay started",
-    )
-    time.sleep(2)
+    proc = pe.spawn(*args, "--rate", "500", log=tmp_path / "replay.log")  # 10,000 rows: ~20 s
+    # A committed message means a committed checkpoint (one transaction): the job exists from then on.
+    # (Waiting a fixed 2 s was not enough on a loaded machine: killed before its first commit, the
+    # job had no checkpoint and the re-run rightly started afresh.)
+    wait_until(lambda: proc.poll() is not None or _committed_seen(pe), timeout=60, interval=0.5, what="a batch")
+    assert proc.poll() is None, "the replay ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(10)
     refused = pe.nova(*args, expect=2)
     assert "--resume" in refused.stderr
+
+
+def _committed_seen(pe: PipelineEnv) -> bool:
+    """Whether the pipeline's topic holds a message a read_committed consumer can see."""
+    from pipelines import kafka
+    from pipelines.config import load_settings
+
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ=pe.env)
+    conf = {"isolation.level": "read_committed", "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    consumer = kafka.consumer(settings, group_id=unique("peek"), **conf)
+    try:
+        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+
+        topic = settings.pipeline.topic
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        return any(m.error() is None for m in consumer.consume(num_messages=1, timeout=3))
+    finally:
+        consumer.close()
