@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 import time
 from pathlib import Path
@@ -306,6 +307,9 @@ def _run(
     )
     if live is not None:
         live.start()
+    # SIGTERM (cron's timeout, systemd, kill) as Ctrl-C: the run's `finally` stops the ingest and
+    # Locust it started (their own sessions, so no signal reaches them otherwise) instead of orphaning them.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         return run_loadtest(
             settings=settings,

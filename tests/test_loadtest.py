@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import subprocess
@@ -624,3 +625,43 @@ def test_the_locust_file_loads_with_plain_locust() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "ProducerUser" in out.stdout and "AnalystUser" in out.stdout
+
+
+@pytest.mark.integration
+def test_sigterm_stops_the_ingest_and_locust_it_started(tmp_path: Path) -> None:
+    """Killed by cron's timeout or systemd (SIGTERM), the load test must not leave its children running."""
+    import signal
+
+    import psutil
+
+    from tests.pipeline_env import wait_until
+
+    pe = make_env(tmp_path, "embedded")
+    pe.env["NOVA_LOADTEST__RUNS_DIR"] = str(tmp_path / "runs")
+    try:
+        proc = pe.spawn("loadtest", "--rate", "1000", "--duration", "120s", log=tmp_path / "loadtest.log")
+        top = psutil.Process(proc.pid)
+
+        def children() -> list[psutil.Process]:
+            found = []
+            for child in top.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    found.append((child, " ".join(child.cmdline())))
+            return found
+
+        def both_running() -> bool:
+            cmds = [c for _, c in children()]
+            return any(" ingest " in f" {c} " for c in cmds) and any("locust" in c for c in cmds)
+
+        wait_until(both_running, timeout=90, interval=0.5, what="the load test's ingest and Locust")
+        started = [p for p, _ in children()]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) != 0
+        wait_until(
+            lambda: not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+            timeout=30,
+            interval=0.5,
+            what="every child of the load test gone",
+        )
+    finally:
+        pe.cleanup()
