@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from _docs import machine, write_section  # noqa: E402
 
-SERVER_URL = "clickhouse://default:@127.0.0.1:19000/default"
+SERVER_URL = "clickhouse://default:@127.0.0.1:19000/default?http_port=18123"  # inserts as Native over HTTP
 
 
 def _cpu_s() -> float:

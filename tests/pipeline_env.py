@@ -14,7 +14,7 @@ from typing import Any
 
 from tests.conftest import REPO, nova_executable, run_nova, unique
 
-SERVER_URL = "clickhouse://default:@127.0.0.1:19000/default"
+SERVER_URL = "clickhouse://default:@127.0.0.1:19000/default?http_port=18123"  # inserts as Native over HTTP
 
 
 @dataclass

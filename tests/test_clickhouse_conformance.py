@@ -45,9 +45,18 @@ def _server_url(settings: Settings) -> str:
     return f"clickhouse://default:@127.0.0.1:{settings.stack.clickhouse_tcp_port}/"
 
 
+def _server_http_port(settings: Settings) -> int:
+    return int(os.environ.get("NOVA_TEST_CLICKHOUSE_HTTP_PORT") or settings.stack.clickhouse_http_port)
+
+
 @pytest.fixture(
     scope="class",
-    params=[pytest.param("chdb", id="chdb"), pytest.param("native", id="native", marks=pytest.mark.server)],
+    params=[
+        pytest.param("chdb", id="chdb"),
+        pytest.param("native", id="native", marks=pytest.mark.server),
+        # the same server, Arrow inserts as Native over its HTTP port (pipelines.clickhouse.native_format)
+        pytest.param("native_http", id="native-http", marks=pytest.mark.server),
+    ],
 )
 def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp(f"ch-{request.param}")
@@ -57,6 +66,8 @@ def store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         st = open_store(settings, url=f"chdb://{root / 'chdb'}", database=database)
     else:
         url = _server_url(settings)
+        if request.param == "native_http":
+            url += ("&" if "?" in url else "?") + f"http_port={_server_http_port(settings)}"
         try:
             st = open_store(settings, url=url, database=database)
         except StoreError as exc:

@@ -24,7 +24,7 @@ import yaml
 
 from tests.conftest import REPO, Result, run_nova, unique
 
-SERVER_URL = "clickhouse://default:@127.0.0.1:19000/default"
+SERVER_URL = "clickhouse://default:@127.0.0.1:19000/default?http_port=18123"  # inserts as Native over HTTP
 # Per-day count, amount sum and a checksum of several columns (with NULLs and time), as analysts
 # would check it; toUnixTimestamp reads DateTime (18.16) and DateTime64 (chdb) alike.
 PER_DAY = (

@@ -213,7 +213,7 @@ def table_from_columns(names: Sequence[str], types: Sequence[str], columns: Sequ
 # Inserts
 
 
-def _ticks(column: pa.Array | pa.ChunkedArray, digits: int) -> pa.Array | pa.ChunkedArray:
+def ticks(column: pa.Array | pa.ChunkedArray, digits: int) -> pa.Array | pa.ChunkedArray:
     """Timestamp column → int64 ticks at 10**-digits seconds (truncating finer units)."""
     unit_digits = _UNIT_DIGITS[column.type.unit]
     ints = column.cast(pa.int64())
@@ -232,7 +232,7 @@ def driver_column(column: pa.Array | pa.ChunkedArray, t: str) -> list[Any]:
     """
     parts = datetime_parts(t)
     if parts is not None and pa.types.is_timestamp(column.type):
-        return list(_ticks(column, parts[0]).to_pylist())
+        return list(ticks(column, parts[0]).to_pylist())
     if pa.types.is_dictionary(column.type):
         column = column.cast(column.type.value_type)
     return list(column.to_pylist())

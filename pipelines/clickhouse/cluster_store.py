@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qsl
 
 from pipelines.clickhouse.base import Store
 from pipelines.clickhouse.cluster import Host, Topology, discover, host_report, parse_endpoints
@@ -50,6 +51,11 @@ class ClusterStore(Store):
         self.cluster: ClusterSettings = settings.clickhouse.cluster
         self.topology = topology
         self._url_options = parse_endpoints(url)[2]
+        if "http_port" in dict(parse_qsl(self._url_options)):
+            raise StoreError(
+                "the ClickHouse URL option http_port names one server's HTTP port, but clickhouse.cluster is set",
+                hint="remove http_port: the hosts of a cluster take their inserts over the native protocol",
+            )
         self._front: NativeStore | None = None
         self._front_host: Host | None = None
         self._shards: dict[int, tuple[NativeStore, Host, float]] = {}

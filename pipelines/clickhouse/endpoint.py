@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 _BOOL_OPTIONS = {"secure", "verify"}
 _FLOAT_OPTIONS = {"connect_timeout", "send_receive_timeout", "sync_request_timeout"}
 _STR_OPTIONS = {"ca_certs", "compression", "client_name"}
+# http_port: the server's HTTP interface, for Arrow inserts as Native (pipelines.clickhouse.native_format).
+_INT_OPTIONS = {"http_port"}
 
 
 def open_native_endpoint(
@@ -35,10 +37,15 @@ def open_native_endpoint(
                 options[key] = float(value)
             except ValueError:
                 raise StoreError(f"the ClickHouse URL option {key}={value!r} is not a number") from None
+        elif key in _INT_OPTIONS:
+            try:
+                options[key] = int(value)
+            except ValueError:
+                raise StoreError(f"the ClickHouse URL option {key}={value!r} is not a port number") from None
         elif key in _STR_OPTIONS:
             options[key] = value
         else:
-            known = ", ".join(sorted(_BOOL_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS))
+            known = ", ".join(sorted(_BOOL_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS | _INT_OPTIONS))
             raise StoreError(f"unknown ClickHouse URL option {key!r}", hint=f"known options: {known}")
     connect_timeout = options.pop("connect_timeout", settings.clickhouse.connect_timeout_s)
     auth = f"{quote(host.user)}:{quote(host.password)}@" if host.password else f"{quote(host.user)}@"

@@ -7,11 +7,14 @@ because clickhouse-driver would otherwise drop them with only a log line.
 
 from __future__ import annotations
 
+import base64
 import logging
+import re
 import socket
 import struct
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from pipelines.clickhouse.base import Store
 from pipelines.clickhouse.capabilities import Capabilities
@@ -71,6 +74,11 @@ class NativeStore(Store):
         from clickhouse_driver import Client
 
         self.host, self.port = host, port
+        # Arrow inserts as Native over the server's HTTP interface (pipelines.clickhouse.native_format).
+        self._http_port: int | None = options.pop("http_port", None)
+        self._http_auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        self._http_tls = (bool(options.get("secure")), bool(options.get("verify", True)), options.get("ca_certs"))
+        self._http_timeout = float(options.get("send_receive_timeout", 300))
         self._client = Client(
             host=host,
             port=port,
@@ -210,16 +218,86 @@ class NativeStore(Store):
             raise
 
     def _insert_arrow(self, target: str, db: str, name: str, data: pa.Table, settings: dict[str, Any] | None) -> int:
-        from pipelines.clickhouse import chtypes
+        from pipelines.clickhouse import chtypes, native_format
 
         types = self._column_types(db, name)
         names = list(data.column_names)
         for n in names:
             if n not in types:
                 raise StoreError(f"table {db}.{name} has no column {n!r}", hint=f"its columns: {', '.join(types)}")
+        if self._http_port is not None:
+            body = native_format.encode_block(data, [types[n] for n in names])
+            if body is not None:
+                try:
+                    self._post_native(target, db, name, names, body, settings)
+                except StoreError:
+                    self._column_cache.pop((db, name), None)
+                    raise
+                return int(data.num_rows)
         columns = [chtypes.driver_column(data.column(n), types[n]) for n in names]
         self._send(target, db, name, names, columns, settings)
         return int(data.num_rows)
+
+    def _post_native(
+        self, target: str, db: str, name: str, names: list[str], body: bytes, settings: dict[str, Any] | None
+    ) -> None:
+        """One `INSERT … FORMAT Native` over HTTP, on a connection of its own.
+
+        A fresh connection per insert: a kept-alive one the server has closed meanwhile fails only
+        once the request is sent, and an insert is never re-sent blindly (it may have landed).
+        """
+        import http.client
+        import ssl
+
+        cols = ", ".join(quote_identifier(n) for n in names)
+        params = {"query": f"INSERT INTO {target} ({cols}) FORMAT Native"}
+        params.update({k: str(int(v) if isinstance(v, bool) else v) for k, v in (settings or {}).items()})
+        secure, verify, ca_certs = self._http_tls
+        where = f"{self.host}:{self._http_port} (HTTP)"
+        what = f"insert into {db}.{name} failed"
+        conn: http.client.HTTPConnection
+        if secure:
+            context = ssl.create_default_context(cafile=ca_certs)
+            if not verify:
+                context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(self.host, self._http_port, timeout=self._http_timeout, context=context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self._http_port, timeout=self._http_timeout)
+        try:
+            conn.request(
+                "POST",
+                "/?" + urlencode(params),
+                body=body,
+                headers={"Authorization": self._http_auth, "Content-Type": "application/octet-stream"},
+            )
+            response = conn.getresponse()
+            text = response.read().decode(errors="replace")
+        except (OSError, http.client.HTTPException) as exc:
+            detail = str(exc) or type(exc).__name__
+            if isinstance(exc, ConnectionRefusedError):
+                raise StoreError(
+                    f"cannot connect to ClickHouse at {where}: connection refused",
+                    code=210,
+                    retryable=True,
+                    hint="check the http_port option of clickhouse.url (the server's <http_port>)",
+                ) from None
+            failed = f"{what}: connection to ClickHouse at {where} failed: {detail}"
+            raise StoreError(failed, code=210, retryable=True) from None
+        finally:
+            conn.close()
+        if response.status == 200:
+            return
+        found = re.search(r"Code: (\d+)", text)
+        code = int(response.getheader("X-ClickHouse-Exception-Code") or (found.group(1) if found else 0)) or None
+        message = _server_message(re.sub(r"^Code: \d+[.,]\s*(e\.displayText\(\) = )?", "", text.strip()))
+        message = message.split(", e.what() = ", 1)[0]
+        if code in AUTH_CODES or response.status in (401, 403):
+            raise StoreError(
+                f"ClickHouse at {where} refused the login: {message}",
+                code=code,
+                hint="check the user and password in clickhouse.url",
+            )
+        raise StoreError(f"{what}: {message}", code=code, retryable=code in RETRYABLE_CODES or response.status >= 502)
 
     def _insert_columns(
         self, target: str, db: str, name: str, columns: dict[str, Sequence[Any]], settings: dict[str, Any] | None

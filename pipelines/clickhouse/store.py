@@ -19,7 +19,8 @@ def open_store(settings: Settings | None = None, *, url: str | None = None, data
 
     - `chdb://PATH`: the embedded engine; a relative PATH is relative to the project root, and
       `chdb://:memory:` keeps nothing. One process per PATH.
-    - `clickhouse://user:password@host:port[/db][?secure=1&verify=0&compression=lz4]`: a server.
+    - `clickhouse://user:password@host:port[/db][?secure=1&verify=0&compression=lz4&http_port=8123]`: a
+      server; with `http_port`, Arrow inserts go as Native over its HTTP interface (`native_format`).
     - with `clickhouse.cluster` set, `clickhouse://user:password@h1:p1,h2:p2/db`: a cluster, whose
       hosts are learnt from `system.clusters` on the first listed host that answers (`ClusterStore`).
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Literal
-from urllib.parse import quote, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from pipelines.clickhouse import Store
 from pipelines.clickhouse.sql import literal, quote_identifier
@@ -354,6 +354,8 @@ def server_http_url(settings: Settings, policy: Policy) -> str:
         else settings.stack.clickhouse_http_port
     )
     host = (parts.hostname or "127.0.0.1").split(",")[0]
+    named = dict(parse_qsl(parts.query)).get("http_port", "")
+    port = int(named) if named.isdigit() else port  # the URL's own, when it names one
     base = policy.server_http_url or f"http://{host}:{port}/"
     params = {"user": parts.username or "default"}
     if parts.password:

@@ -87,7 +87,7 @@ class ClickHouseServer(Service):
 
     @property
     def address(self) -> str:
-        return f"clickhouse://default:@127.0.0.1:{self.tcp_port} (http :{self.http_port})"
+        return f"clickhouse://default:@127.0.0.1:{self.tcp_port}?http_port={self.http_port}"
 
     def ports(self) -> list[tuple[int, str]]:
         return [
