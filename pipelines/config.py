@@ -314,8 +314,8 @@ _DASHBOARD_QUERIES = {
         "WHERE event_time >= now() - INTERVAL 5 MINUTE ORDER BY event_time DESC LIMIT 100"
     ),
     "card_history": (
-        "SELECT event_time, transaction_id, merchant_id, amount_minor, currency, status, risk_score FROM {table} "
-        "WHERE card_id = %(card_id)s ORDER BY event_time DESC LIMIT 50"
+        "SELECT event_time, transaction_id, merchant_id, amount_minor, currency, status, risk_score "
+        "FROM {table}_by_card WHERE card_id = %(card_id)s ORDER BY event_time DESC LIMIT 50"
     ),
 }
 
