@@ -299,11 +299,22 @@ class SloSettings(_Section):
     )
 
 
+# The last hour's top merchants come from the per-minute rollup (a scan of the day's rows of the
+# main table, which is not in time order, took 0.7-1.6 s at 2x peak); their names from the main
+# table, read only for those ten merchants and only from the newest of their last minutes on (a
+# primary-key range). GLOBAL IN: on a cluster both sides are Distributed tables.
+_TOP_MERCHANTS = (
+    "SELECT merchant_id, sum(transactions) AS transactions, sum(amount_reporting_minor) AS volume_minor, "
+    "max(minute) AS last_minute FROM {table}_by_merchant_minute WHERE minute >= now() - INTERVAL 1 HOUR "
+    "GROUP BY merchant_id ORDER BY volume_minor DESC LIMIT 10"
+)
 _DASHBOARD_QUERIES = {
     "top_merchants": (
-        "SELECT merchant_id, any(merchant_name) AS merchant, count() AS transactions, "
-        "sum(amount_reporting_minor) AS volume_minor FROM {table} "
-        "WHERE event_time >= now() - INTERVAL 1 HOUR GROUP BY merchant_id ORDER BY volume_minor DESC LIMIT 10"
+        f"SELECT merchant_id, merchant, transactions, volume_minor FROM ({_TOP_MERCHANTS}) ANY LEFT JOIN "
+        "(SELECT merchant_id, any(merchant_name) AS merchant FROM {table} "
+        f"WHERE merchant_id GLOBAL IN (SELECT merchant_id FROM ({_TOP_MERCHANTS})) "
+        f"AND event_time >= (SELECT min(last_minute) FROM ({_TOP_MERCHANTS})) GROUP BY merchant_id) "
+        "USING merchant_id ORDER BY volume_minor DESC"
     ),
     "volume_per_minute": (
         "SELECT minute, sum(transactions) AS transactions, sum(amount_reporting_minor) AS volume_minor "
