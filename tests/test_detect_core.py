@@ -93,12 +93,72 @@ def test_card_testing_fires_on_small_probes_not_on_ordinary_small_purchases() ->
     assert not fires("card_testing", history() + coffees)
 
 
-def test_takeover_burst_fires_on_a_spending_spree_not_on_the_same_spend_over_days() -> None:
+def test_spend_burst_fires_on_a_spending_spree_not_on_the_same_spend_over_days() -> None:
     base = T0 + 20 * DAY
     spree = [{"t": base + i * 6 * MIN, "amount": 15_000} for i in range(6)]
-    assert fires("takeover_burst", history() + spree)
+    assert fires("spend_burst", history() + spree)
     spread = [{"t": base + i * DAY, "amount": 15_000} for i in range(6)]
-    assert not fires("takeover_burst", history() + spread)
+    assert not fires("spend_burst", history() + spread)
+
+
+def test_takeover_burst_fires_on_big_spend_from_a_new_device_and_address_not_on_a_new_phone_at_home() -> None:
+    online = {"channel": "ECOM", "device_id": "dev_home", "ip_address": "10.0.0.1"}
+    habit = history(**online)
+    base = T0 + 20 * DAY
+    thief = {"channel": "ECOM", "device_id": "dev_thief", "ip_address": "203.0.113.9"}
+    spend = [{"t": base + i * 7 * MIN, "amount": 24_000, **thief} for i in range(3)]
+    det = Detector(DetectionConfig())
+    scored = det.process(table(habit + spend))
+    assert all("takeover_burst" in r for r in scored.rules[-3:]) and scored.alert[-3:].all()
+    # the same new device and address, at the card's usual amount: nothing to see
+    assert not fires("takeover_burst", [*habit, {"t": base, "amount": 4000, **thief}])
+    # a new phone on the home network, even spending more: not a takeover
+    new_phone = {"channel": "ECOM", "device_id": "dev_new_phone", "ip_address": "10.0.0.1"}
+    assert not fires("takeover_burst", [*habit, {"t": base, "amount": 24000, **new_phone}])
+    # the device is no longer new a day later
+    later = [{"t": base, "amount": 4_000, **thief}, {"t": base + DAY, "amount": 24_000, **thief}]
+    assert not fires("takeover_burst", habit + later)
+    # a young card (few earlier rows) has no habit to break
+    assert not fires("takeover_burst", [*history(days=4, **online), {"t": base, "amount": 24000, **thief}])
+
+
+def test_card_testing_fires_on_the_first_probe_from_a_new_device() -> None:
+    online = {"channel": "ECOM", "device_id": "dev_home", "ip_address": "10.0.0.1"}
+    probe = {"t": T0 + 20 * DAY, "amount": 120, "channel": "ECOM", "device_id": "dev_bot", "ip_address": "198.51.100.7"}
+    names, _score, scored = last([*history(**online), probe])
+    assert "card_testing" in names and scored.alert[-1]
+    # the same small amount from the card's own device is a coffee
+    assert not fires("card_testing", [*history(**online), {**probe, **online}])
+
+
+def test_amount_spike_is_relative_to_the_merchant_category() -> None:
+    """A card that buys groceries and the odd flight: a flight is its habit there, 20x at the bakery is not."""
+    rows: list[dict[str, Any]] = []
+    for d in range(30):
+        rows.append({"t": T0 + d * DAY + 10 * HOUR, "amount": 3_000 + 100 * (d % 5), "merchant_category": "5411"})
+        if d % 6 == 0:
+            rows.append({"t": T0 + d * DAY + 15 * HOUR, "amount": 40_000 + 500 * (d % 4), "merchant_category": "4511"})
+    # other cards of the partition teach it what the categories cost
+    others = [
+        {"t": T0 + i * HOUR, "amount": a, "merchant_category": c, "card_id": f"other{i}"}
+        for i in range(200)
+        for a, c in [(3_000 + 10 * (i % 7), "5411"), (45_000 + 100 * (i % 9), "4511")]
+    ]
+    base = T0 + 31 * DAY
+    flight = {"t": base, "amount": 45_000, "merchant_category": "4511"}
+    bakery = {"t": base, "amount": 60_000, "merchant_category": "5411"}
+    assert not fires("amount_spike", others + rows + [flight])
+    assert fires("amount_spike", others + rows + [bakery])
+
+
+def test_shared_device_fires_when_one_device_pays_for_many_cards() -> None:
+    base = T0 + 20 * DAY
+    ring = {"channel": "ECOM", "device_id": "dev_ring", "ip_address": "192.0.2.1"}
+    rows = [{"t": base + i * HOUR, "amount": 9_000, "card_id": f"victim{i}", **ring} for i in range(4)]
+    scored = Detector(DetectionConfig()).process(table(rows))
+    assert ["shared_device" in r for r in scored.rules] == [False, False, True, True]
+    own = [{"t": base + i * HOUR, "amount": 9_000, "card_id": "card_a", **ring} for i in range(4)]
+    assert not any("shared_device" in r for r in Detector(DetectionConfig()).process(table(own)).rules)
 
 
 def test_impossible_travel_fires_on_paris_to_new_york_in_an_hour_not_on_plausible_trips() -> None:
@@ -115,6 +175,25 @@ def test_impossible_travel_fires_on_paris_to_new_york_in_an_hour_not_on_plausibl
     assert scored.features is None
     assert not fires("impossible_travel", trip(PARIS, LYON, 3))  # ~390 km by train
     assert not fires("impossible_travel", trip(PARIS, NEW_YORK, 9))  # a flight: ~650 km/h
+
+
+def test_impossible_travel_holds_while_the_card_stays_away_and_not_when_its_holder_pays_at_home() -> None:
+    start = T0 + 20 * DAY
+    at = lambda place, t, **kw: {"t": t, "amount": 3000, "latitude": place[0], "longitude": place[1], **kw}  # noqa: E731
+    rows = [
+        *history(),
+        at(PARIS, start),  # the holder
+        at(NEW_YORK, start + 30 * MIN, country="US"),  # the clone: the jump
+        at(NEW_YORK, start + 50 * MIN, country="US"),  # still there, a few minutes later: km/h is nothing now
+        at(PARIS, start + 70 * MIN),  # the holder again, back at the origin
+        at(PARIS, start + 90 * MIN),
+    ]
+    scored = Detector(DetectionConfig()).process(table(rows))
+    assert ["impossible_travel" in r for r in scored.rules[-5:]] == [False, True, True, False, False]
+    assert list(scored.alert[-5:]) == [False, True, True, False, False]
+    # a plausible trip is never a jump, so a week in New York never holds
+    trip = [*history(), at(PARIS, start), at(NEW_YORK, start + 9 * HOUR, country="US"), at(NEW_YORK, start + DAY)]
+    assert not any("impossible_travel" in r for r in Detector(DetectionConfig()).process(table(trip)).rules)
 
 
 def test_country_hop_without_positions_fires_within_minutes_not_after_a_day() -> None:

@@ -51,32 +51,49 @@ class Rule(_Strict):
 
 
 class CardTesting(Rule):
-    """Many small authorisations in 10 minutes (x = small-amount count in 10 min, this row included)."""
+    """Small authorisations in quick succession (x = small-amount count in 10 min, this row included,
+    plus `new_device_weight` when the row's device is new to the card)."""
 
     weight: float = Field(0.9, ge=0, le=1)
     ramp_from: float = 1.0
-    threshold: float = 4.0
+    threshold: float = 3.0
+    new_device_weight: float = Field(
+        2.0, ge=0, description="Added to x on a device the card first used less than young_device_h ago."
+    )
+    young_device_h: float = Field(1.0, gt=0, description="A device first seen on the card this recently is new.")
 
 
 class TakeoverBurst(Rule):
-    """A burst of ordinary-sized spend within an hour (x = non-small count in 1 h, this row included)."""
+    """Spend on a device new to an established card, well above its habit (x = the device's rows so far,
+    this one included, while the device, and its IP address if any, are younger than `young_device_h`)."""
 
-    weight: float = Field(0.6, ge=0, le=1)
-    ramp_from: float = 2.0
-    threshold: float = 5.0
-    min_amount_minor: int = Field(
-        20_000, ge=0, description="…and the hour's spend (this row included) at least this much (minor units)."
+    weight: float = Field(0.8, ge=0, le=1)
+    ramp_from: float = 0.0
+    threshold: float = 1.0
+    young_device_h: float = Field(1.0, gt=0, description="A device first seen on the card this recently is new.")
+    min_ratio: float = Field(
+        2.0, ge=1, description="Only rows at least this many times the card's typical amount (for its category)."
+    )
+    min_history: int = Field(
+        10,
+        ge=3,
+        description="Only for cards with at least this many earlier events (a young card's second device is not news).",
     )
 
 
 class ImpossibleTravel(Rule):
-    """Implied speed from the card's last located event (x = km/h, haversine distance / time)."""
+    """An impossible jump (x = km/h from the card's last located event), and the card's rows while it
+    stays away from where it jumped from (x = threshold for `hold_h` hours); a row back near the origin is
+    its holder's and never fires."""
 
     weight: float = Field(0.95, ge=0, le=1)
     ramp_from: float = 300.0
     threshold: float = 900.0
     min_distance_km: float = Field(
         100.0, ge=0, description="Ignore moves shorter than this (geo noise, neighbouring terminals)."
+    )
+    hold_h: float = Field(
+        24.0, ge=0, description="Rows this many hours after a jump, still ≥ 100 km from its origin, fire too (0: off)."
     )
 
 
@@ -89,7 +106,8 @@ class CountryHop(Rule):
 
 
 class AmountSpike(Rule):
-    """An amount far outside the card's habit (x = z-score of log amount vs the card's 30-day profile)."""
+    """An amount far outside the card's habit (x = z-score of log amount vs the card's 30-day profile, both
+    relative to the merchant category's typical amount: 300 EUR is a spike at a bakery, not at an airline)."""
 
     weight: float = Field(0.8, ge=0, le=1)
     ramp_from: float = 2.0
@@ -97,7 +115,7 @@ class AmountSpike(Rule):
     min_history: int = Field(5, ge=1, description="Only for cards with at least this many earlier events.")
     min_amount_minor: int = Field(5_000, ge=0, description="Only for amounts of at least this (minor units).")
     min_ratio: float = Field(
-        5.0, ge=1, description="…and at least this many times the card's typical amount (its profile's mean)."
+        10.0, ge=1, description="…and at least this many times the card's typical amount (its profile's mean)."
     )
 
 
@@ -142,6 +160,26 @@ class HighAmount(Rule):
     threshold: float = 200_000.0
 
 
+class SharedDevice(Rule):
+    """A device that paid for many of the partition's cards (x = cards seen on it, this row's included)."""
+
+    weight: float = Field(0.9, ge=0, le=1)
+    ramp_from: float = 1.0
+    threshold: float = 3.0
+
+
+class SpendBurst(Rule):
+    """A burst of ordinary-sized spend within an hour, whatever the device (x = non-small count in 1 h,
+    this row included)."""
+
+    weight: float = Field(0.4, ge=0, le=1)
+    ramp_from: float = 2.0
+    threshold: float = 5.0
+    min_amount_minor: int = Field(
+        20_000, ge=0, description="…and the hour's spend (this row included) at least this much (minor units)."
+    )
+
+
 class Rules(_Strict):
     card_testing: CardTesting = Field(default_factory=CardTesting)  # type: ignore[arg-type]
     takeover_burst: TakeoverBurst = Field(default_factory=TakeoverBurst)  # type: ignore[arg-type]
@@ -153,6 +191,8 @@ class Rules(_Strict):
     channel_shift: ChannelShift = Field(default_factory=ChannelShift)  # type: ignore[arg-type]
     decline_burst: DeclineBurst = Field(default_factory=DeclineBurst)  # type: ignore[arg-type]
     high_amount: HighAmount = Field(default_factory=HighAmount)  # type: ignore[arg-type]
+    shared_device: SharedDevice = Field(default_factory=SharedDevice)  # type: ignore[arg-type]
+    spend_burst: SpendBurst = Field(default_factory=SpendBurst)  # type: ignore[arg-type]
 
 
 class ModelBlend(_Strict):

@@ -66,6 +66,11 @@ class Detector:
         self.config = config
         self.model = model
         self._state = feat.CardState.empty()
+        self._devices = feat.DeviceTable.empty()
+        # merchant categories: hash → index into the category amount profile (0: none, and overall)
+        self._mcc_index: dict[int, int] = {0: 0}
+        self._mcc_n = np.zeros(64, dtype=np.float64)
+        self._mcc_mu = np.zeros(64, dtype=np.float64)
         # merchant risk tables: "" (the one the rule reads) and one per window; sorted hashes → risk
         self._risk: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self.merchant_risk_as_of_ms: int | None = None
@@ -83,8 +88,8 @@ class Detector:
         return self._state.cards
 
     def state_bytes(self) -> int:
-        """Memory allocated for the card state (bytes; rows grow by half, the hash table by doubling)."""
-        return self._state.nbytes()
+        """Memory allocated for the card and device state (bytes; rows grow by half, hash tables by doubling)."""
+        return self._state.nbytes() + self._devices.nbytes()
 
     def set_merchant_risk(
         self,
@@ -127,14 +132,19 @@ class Detector:
         risk = self._merchant_risk(merchants, "")
         want = emit or features
         out = np.zeros((n if want else 0, len(feat.FEATURE_NAMES)), dtype=np.float32)
-        device = _low32(cols.hashes("device_id"))
+        device64 = cols.hashes("device_id")
+        device = _low32(device64)
         country = _low32(cols.hashes("country"))
         bits = cols.channel_bits()
+        mcc = self._mcc_indices(cols.hashes("merchant_category"))
+        ip = _low32(cols.hashes("ip_address"))
         _KERNEL(
             slots, cols.t_ms, cols.amount, cols.small, cols.declined, device, country, cols.lat, cols.lon,
-            bits, (bits & _NOT_PRESENT_BITS) == 0, risk, *st.fields(), out, want,
+            bits, (bits & _NOT_PRESENT_BITS) == 0, risk, mcc, self._mcc_n, self._mcc_mu, ip, *st.fields(), out, want,
         )  # fmt: skip
+        fanout = self._devices.update(device64, slots)
         if want:
+            out[:, feat.F["device_cards"]] = fanout
             for w in feat.MERCHANT_RISK_WINDOWS:
                 out[:, feat.F[f"merchant_risk_{w}"]] = np.nan_to_num(self._merchant_risk(merchants, w), nan=0.0)
         if n:
@@ -166,6 +176,24 @@ class Detector:
             rule_score=result.score.astype(np.float32),
             model_score=None if model_p is None else model_p.astype(np.float32),
         )
+
+    def _mcc_indices(self, hashes: np.ndarray) -> np.ndarray:
+        """Each row's merchant-category index, new categories numbered in order of first appearance."""
+        uniq, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+        index = self._mcc_index
+        mapped = np.zeros(len(uniq), dtype=np.int64)
+        for j in np.argsort(first, kind="stable").tolist():  # first appearance: the same numbering however batched
+            h = int(uniq[j])
+            at = index.get(h)
+            if at is None:
+                at = index[h] = len(index)
+            mapped[j] = at
+        if len(index) > len(self._mcc_n):
+            grow = max(len(index), 2 * len(self._mcc_n)) - len(self._mcc_n)
+            self._mcc_n = np.concatenate([self._mcc_n, np.zeros(grow)])
+            self._mcc_mu = np.concatenate([self._mcc_mu, np.zeros(grow)])
+        out: np.ndarray = mapped[inverse.reshape(-1)]
+        return out
 
     def _names(self, fired: np.ndarray) -> list[tuple[str, ...]]:
         """Rule names per row: most rows fire nothing, so only the others cost a Python step."""
@@ -209,6 +237,12 @@ class Detector:
             "rows": st.rows[: st.cards],
             "table_keys": st.keys_by_slot(),
             "table_vals": np.arange(st.cards, dtype=np.int32),
+            "device_keys": self._devices.keys_by_slot(),
+            "device_last": self._devices.last[: self._devices.devices],
+            "device_count": self._devices.count[: self._devices.devices],
+            "mcc_keys": np.array(list(self._mcc_index), dtype=np.uint64),
+            "mcc_n": self._mcc_n[: len(self._mcc_index)],
+            "mcc_mu": self._mcc_mu[: len(self._mcc_index)],
         }
         for name, (keys, vals) in self._risk.items():
             arrays[f"risk_keys_{name}"] = keys
@@ -240,6 +274,16 @@ class Detector:
                 f"detector snapshot's card rows have shape {rows.shape}", hint="rebuild the state by replay"
             )
         det._state = feat.CardState.restored(rows, npz["table_keys"], npz["table_vals"])
+        det._devices = feat.DeviceTable.restored(npz["device_keys"], npz["device_last"], npz["device_count"])
+        mcc_keys = npz["mcc_keys"].tolist()
+        if not mcc_keys or mcc_keys[0] != 0 or len(npz["mcc_n"]) != len(mcc_keys):
+            raise StoreError("detector snapshot's category profile is malformed", hint="rebuild the state by replay")
+        det._mcc_index = {int(h): i for i, h in enumerate(mcc_keys)}
+        size = max(64, len(mcc_keys))
+        det._mcc_n = np.zeros(size)
+        det._mcc_mu = np.zeros(size)
+        det._mcc_n[: len(mcc_keys)] = npz["mcc_n"]
+        det._mcc_mu[: len(mcc_keys)] = npz["mcc_mu"]
         det._risk = {
             name.removeprefix("risk_keys_"): (npz[name], npz["risk_vals_" + name.removeprefix("risk_keys_")])
             for name in npz.files

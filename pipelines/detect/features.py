@@ -5,7 +5,7 @@ column operation; a compiled loop over the batch in offset order costs under a m
 row and makes the output independent of batch boundaries by construction (the state after row
 i depends only on rows ≤ i). The Python side only turns Arrow columns into numpy arrays.
 
-State is one 256-byte row per card (`CardState`: its fields side by side, so a row costs a few
+State is one 320-byte row per card (`CardState`: its fields side by side, so a row costs a few
 cache lines, not one miss per field); a card id is hashed (64-bit FNV-1a of its UTF-8 bytes,
 deterministic across processes) and found in an open-addressing table. Two distinct card ids
 with the same 64-bit hash would share state (chance ~3·10⁻⁸ for a million cards).
@@ -25,10 +25,28 @@ window     bucket width  n      measures                        covers
 =========  ============  =====  ==============================  ================
 
 Counts per bucket saturate: at 255 in the 1 min–1 h windows, 65535 in the others. A row's
-windows include the row itself. The card's amount profile is an exponentially forgotten
-(τ = 30 d) mean and variance of log amount, each new value winsorised to ±3 σ of the profile so
-one spike does not widen it (σ floored at 0.5); the z-score of a row uses the profile *before*
-the row.
+windows include the row itself.
+
+Amounts are judged against the merchant category: the partition keeps each category's running
+mean log amount (shrunk towards the overall mean while a category has few rows; counts capped
+so it keeps adapting), and `amount_vs_mcc` is a row's log amount minus its category's. The
+card's amount profile is an exponentially forgotten (τ = 30 d) mean and variance of that
+relative amount — how much above or below its categories' typical this card spends — each new
+value winsorised to ±3 σ of the profile so one spike does not widen it (σ floored at 0.5); the
+z-score of a row uses the profile *before* the row. So a 400 EUR flight on a card that flies is
+ordinary, and 400 EUR at its bakery is not. Without a category column every row is in one
+category and the profile is the plain one of log amount.
+
+Devices and IP addresses: the card's last 4 distinct of each, with when each was first seen
+(minutes; the card's first device or IP counts as old as the card) and rows per device:
+`device_age_h`, `ip_age_h`, `device_rows`. `device_cards` (the engine's `DeviceTable`, not the
+card row) counts the partition's cards each device paid for.
+
+Travel: an *impossible jump* is a located row ≥ JUMP_KM from the card's last located row at ≥
+JUMP_KMH. It opens an "away" spell remembering where the card was before (its origin): later
+located rows still ≥ JUMP_KM from the origin get `travel_away_h` (hours since the jump), and a
+row back near the origin (`travel_return` = 1) closes it — which side of a jump is the clone
+is the side away from where the card was; a spell is forgotten after 48 h.
 
 Country: only card-present rows (channel not ECOM/MOTO, or unknown) move a card's country, and
 only they are compared with it — an online shop's country says nothing of where the card is.
@@ -85,23 +103,43 @@ FEATURE_NAMES: Final = (
     "log_card_history",
     "merchant_risk",
     "merchant_risk_known",
-    # Written by the engine from set_merchant_risk(by_window=…), not by the kernel:
+    "amount_vs_mcc",
+    "device_age_h",
+    "device_rows",
+    "ip_age_h",
+    "travel_away_h",
+    "origin_km",
+    "travel_return",
+    # Written by the engine, not by the kernel: the device's fan-out (device_cards) and the
+    # merchant risk of set_merchant_risk(by_window=…):
+    "device_cards",
     "merchant_risk_1d",
     "merchant_risk_7d",
     "merchant_risk_30d",
 )
 MERCHANT_RISK_WINDOWS: Final = ("1d", "7d", "30d")
-FEATURE_VERSION: Final = 1
+FEATURE_VERSION: Final = 2
 # Layout of CardState (its arrays and their shapes); a snapshot of another layout is refused.
-STATE_VERSION: Final = 1
+STATE_VERSION: Final = 2
 F: Final = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # numba reads module globals as compile-time constants: one per output column.
 (
     _O_LOG_AMOUNT, _O_N_1M, _O_N_10M, _O_N_1H, _O_N_1D, _O_N_7D, _O_N_30D, _O_AVG_1D, _O_AVG_7D, _O_AVG_30D,
     _O_SUM_1H, _O_VS_30D, _O_Z, _O_VS_PROFILE, _O_SMALL_10M, _O_SMALL_1H, _O_DECLINED_1H, _O_NEW_DEVICE,
     _O_DEVICES, _O_NEW_CHANNEL, _O_PRESENT, _O_SPEED, _O_DISTANCE, _O_COUNTRY_CHANGED, _O_COUNTRY_GAP_H,
-    _O_LOG_GAP_S, _O_HISTORY, _O_RISK, _O_RISK_KNOWN,
-) = range(len(FEATURE_NAMES) - len(MERCHANT_RISK_WINDOWS))  # fmt: skip
+    _O_LOG_GAP_S, _O_HISTORY, _O_RISK, _O_RISK_KNOWN, _O_VS_MCC, _O_DEVICE_AGE_H, _O_DEVICE_ROWS, _O_IP_AGE_H,
+    _O_AWAY_H, _O_ORIGIN_KM, _O_RETURN,
+) = range(len(FEATURE_NAMES) - len(MERCHANT_RISK_WINDOWS) - 1)  # fmt: skip
+# An impossible jump (the travel features): at least this far, faster than this. Fixed, like the
+# windows: part of what the features mean, so a model's input does not move with the rules' config.
+JUMP_KM: Final = 100.0
+JUMP_KMH: Final = 900.0
+_JUMP_HOLD_MIN = 48 * 60  # a jump not returned from is forgotten after this (minutes)
+# Merchant-category amount profile: a category's mean log amount is shrunk towards the overall
+# mean with this many rows' weight, and counts are capped here so the mean keeps adapting.
+_MCC_PRIOR = 20.0
+_MCC_CAP = 20_000.0
+_OLD_H = 365 * 24.0  # device_age_h / ip_age_h of a card's first device or IP (and the cap of every age)
 _SD_FLOOR = 0.5  # log-amount spread below this is treated as this (a card with very regular amounts)
 
 _MS_10S, _MS_1M, _MS_10M, _MS_4H, _MS_1D, _MS_5D = 10_000, 60_000, 600_000, 14_400_000, 86_400_000, 432_000_000
@@ -123,10 +161,18 @@ _LAYOUT: Final[tuple[tuple[str, str, int], ...]] = (
     ("country", "u4", 0),  # 32-bit hash of the latest row's country (0: none yet)
     ("lat", "f4", 0),
     ("lon", "f4", 0),
-    ("p0", "f4", 0),  # amount profile: decayed count,
-    ("p1", "f4", 0),  # decayed sum of log amount,
-    ("p2", "f4", 0),  # decayed sum of squared log amount
+    ("p0", "f4", 0),  # amount profile (log amount minus its category's): decayed count,
+    ("p1", "f4", 0),  # decayed sum,
+    ("p2", "f4", 0),  # decayed sum of squares
+    ("olat", "f4", 0),  # where the card was before that jump (its origin)
+    ("olon", "f4", 0),
     ("devices", "u4", _DEVICES),  # 32-bit hashes of the last distinct devices
+    ("ips", "u4", _DEVICES),  # ... and IP addresses
+    # Times in whole minutes of event time + 1 (0: none; for a device or IP, 0 is the card's first one,
+    # as old as anything known of the card):
+    ("jump_min", "u4", 0),  # an impossible jump not yet returned from
+    ("dev_min", "u4", _DEVICES),  # when each known device was first seen on the card
+    ("ip_min", "u4", _DEVICES),  # when each known IP was
     ("a10m", "f4", _B2),  # amount per 10-min bucket (1 h window)
     ("a4h", "f4", _B3),  # amount per 4-h bucket (24 h)
     ("a1d", "f4", _B4),  # amount per day (7 d)
@@ -135,6 +181,8 @@ _LAYOUT: Final[tuple[tuple[str, str, int], ...]] = (
     ("c1d", "u2", _B4),
     ("c5d", "u2", _B5),
     ("n_devices", "u1", 0),  # distinct devices seen (saturating)
+    ("dev_rows", "u1", _DEVICES),  # rows per known device (saturating)
+    ("n_ips", "u1", 0),  # distinct IPs seen (saturating)
     ("channels", "u1", 0),  # bit mask of channels seen
     ("c10s", "u1", _B0),  # counts per bucket of the 1 min, 10 min and 1 h windows (saturating at 255)
     ("c1m", "u1", _B1),
@@ -143,7 +191,7 @@ _LAYOUT: Final[tuple[tuple[str, str, int], ...]] = (
     ("s10m", "u1", _B2),
     ("d10m", "u1", _B2),  # declined counts
 )
-ROW_BYTES: Final = 256
+ROW_BYTES: Final = 320
 
 
 def _offsets() -> dict[str, tuple[int, np.dtype[np.generic], int]]:
@@ -175,7 +223,7 @@ def table_size(cards: int) -> int:
 
 def _blank_rows(capacity: int) -> np.ndarray:
     rows = np.zeros((capacity, ROW_BYTES), dtype=np.uint8)
-    for name in ("lat", "lon"):  # no position yet
+    for name in ("lat", "lon", "olat", "olon"):  # no position yet
         at, dt, _ = _OFFSETS[name]
         rows[:, at : at + dt.itemsize].view(dt)[:] = np.nan
     return rows
@@ -270,6 +318,106 @@ class CardState:
     def nbytes(self) -> int:
         """Bytes allocated for the state (rows at capacity, plus the table)."""
         return int(self.rows.nbytes + self.keys.nbytes + self.vals.nbytes)
+
+
+class DeviceTable:
+    """A partition's devices: how many of its cards each one paid for (device fan-out).
+
+    A device is a card's own (one card) or a shop's terminal, a family tablet (a few), or a fraud
+    ring's (many victims). Counted per partition, in offset order, so it is deterministic and
+    snapshotted with the cards: a card change counts when the card is neither of the device's
+    last two, which counts distinct cards exactly for up to two and closely beyond.
+    """
+
+    def __init__(self, keys: np.ndarray, vals: np.ndarray, last: np.ndarray, count: np.ndarray) -> None:
+        self.keys, self.vals, self.last, self.count = keys, vals, last, count
+        self.devices = int(np.count_nonzero(keys))
+
+    @classmethod
+    def empty(cls, capacity: int = INITIAL_CARDS) -> DeviceTable:
+        size = table_size(capacity)
+        return cls(
+            np.zeros(size, dtype=np.uint64),
+            np.zeros(size, dtype=np.int32),
+            np.full((capacity, 2), -1, dtype=np.int32),
+            np.zeros(capacity, dtype=np.uint16),
+        )
+
+    @classmethod
+    def restored(cls, keys: np.ndarray, last: np.ndarray, count: np.ndarray) -> DeviceTable:
+        n = len(keys)
+        if last.shape != (n, 2) or len(count) != n or (n and np.any(keys == 0)):
+            raise StoreError(
+                f"detector snapshot's device table has {n} keys, {last.shape} cards and {len(count)} counts",
+                hint="drop the snapshot and rebuild the state by replay",
+            )
+        table = cls.empty()
+        table.reserve(n)
+        table.last[:n] = last
+        table.count[:n] = count
+        placed = _rehash(np.ascontiguousarray(keys, np.uint64), np.arange(n, dtype=np.int32), table.keys, table.vals)
+        if placed != n:
+            raise StoreError(
+                "detector snapshot's device table holds a device twice", hint="rebuild the state by replay"
+            )
+        table.devices = n
+        return table
+
+    def reserve(self, new: int) -> None:
+        need = self.devices + new
+        if need > len(self.count):
+            cap = max(need, len(self.count) * 3 // 2)
+            last = np.full((cap, 2), -1, dtype=np.int32)
+            last[: self.devices] = self.last[: self.devices]
+            count = np.zeros(cap, dtype=np.uint16)
+            count[: self.devices] = self.count[: self.devices]
+            self.last, self.count = last, count
+        size = table_size(need)
+        if size > len(self.keys):
+            keys = np.zeros(size, dtype=np.uint64)
+            vals = np.zeros(size, dtype=np.int32)
+            _rehash(self.keys, self.vals, keys, vals)
+            self.keys, self.vals = keys, vals
+
+    def update(self, device_hashes: np.ndarray, card_slots: np.ndarray) -> np.ndarray:
+        """Fold the rows (in order) in; each row's fan-out after it (0 for a row without a device)."""
+        out = np.zeros(len(device_hashes), dtype=np.float32)
+        has = np.flatnonzero(device_hashes != 0)
+        if len(has) == 0:
+            return out
+        self.reserve(len(has))
+        slots, self.devices = assign_slots(self.keys, self.vals, device_hashes[has], self.devices)
+        out[has] = _fanout(slots, np.ascontiguousarray(card_slots[has], np.int32), self.last, self.count)
+        return out
+
+    def keys_by_slot(self) -> np.ndarray:
+        used = self.keys != 0
+        out = np.zeros(self.devices, dtype=np.uint64)
+        out[self.vals[used]] = self.keys[used]
+        return out
+
+    def nbytes(self) -> int:
+        return int(self.keys.nbytes + self.vals.nbytes + self.last.nbytes + self.count.nbytes)
+
+
+@numba.njit(cache=True, nogil=True)
+def _fanout(
+    slots: np.ndarray, cards: np.ndarray, last: np.ndarray, count: np.ndarray
+) -> np.ndarray:  # pragma: no cover
+    out = np.empty(len(slots), dtype=np.float32)
+    for i in range(len(slots)):
+        d = slots[i]
+        c = cards[i]
+        if count[d] == 0:
+            last[d, 0] = c
+            count[d] = 1
+        elif c != last[d, 0]:
+            if c != last[d, 1] and count[d] < 65535:
+                count[d] += 1
+            last[d, 1] = last[d, 0]
+            last[d, 0] = c
+        out[i] = count[d]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
@@ -377,6 +525,14 @@ def _bump(arr: np.ndarray, s: int, j: int, limit: int) -> None:  # pragma: no co
 
 
 @numba.njit(cache=True)
+def _age_h(first_min: np.uint32, t_min: np.uint32) -> float:  # pragma: no cover
+    """Hours since a device or IP was first seen (a card's first one: _OLD_H), capped at _OLD_H."""
+    if first_min == 0:
+        return _OLD_H
+    return min(max(int(t_min) - int(first_min), 0) / 60.0, _OLD_H)
+
+
+@numba.njit(cache=True)
 def _haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:  # pragma: no cover
     p1 = math.radians(lat1)
     p2 = math.radians(lat2)
@@ -400,6 +556,10 @@ def update_and_featurize(  # pragma: no cover
     channel_bit: np.ndarray,
     present: np.ndarray,
     merchant_risk: np.ndarray,
+    mcc: np.ndarray,
+    mcc_n: np.ndarray,
+    mcc_mu: np.ndarray,
+    ip: np.ndarray,
     last_ms: np.ndarray,
     loc_ms: np.ndarray,
     country_ms: np.ndarray,
@@ -410,7 +570,13 @@ def update_and_featurize(  # pragma: no cover
     p0: np.ndarray,
     p1: np.ndarray,
     p2: np.ndarray,
+    olat: np.ndarray,
+    olon: np.ndarray,
     devices: np.ndarray,
+    ips: np.ndarray,
+    jump_min: np.ndarray,
+    dev_min: np.ndarray,
+    ip_min: np.ndarray,
     a10m: np.ndarray,
     a4h: np.ndarray,
     a1d: np.ndarray,
@@ -419,6 +585,8 @@ def update_and_featurize(  # pragma: no cover
     c1d: np.ndarray,
     c5d: np.ndarray,
     n_devices: np.ndarray,
+    dev_rows: np.ndarray,
+    n_ips: np.ndarray,
     channels: np.ndarray,
     c10s: np.ndarray,
     c1m: np.ndarray,
@@ -429,12 +597,31 @@ def update_and_featurize(  # pragma: no cover
     out: np.ndarray,
     write: bool,
 ) -> None:
-    """Fold each row into its card's state (in the given order) and write its features to `out`."""
+    """Fold each row into its card's state (in the given order) and write its features to `out`.
+
+    `mcc[i]`: the row's merchant-category index into `mcc_n`/`mcc_mu` (0: unknown; slot 0 is also
+    the overall profile), which this updates too.
+    """
     for i in range(len(slots)):
         s = slots[i]
         t = t_ms[i]
         amt = amount[i]
         x = math.log(amt + 1.0)
+        # The category's typical log amount before this row (shrunk towards the overall one), then
+        # the row folded in: the card's profile is of the amount relative to its category.
+        k = mcc[i]
+        n_all = mcc_n[0]
+        if n_all > 0:
+            n_k = mcc_n[k] if k != 0 else 0.0
+            base = (n_k * mcc_mu[k] + _MCC_PRIOR * mcc_mu[0]) / (n_k + _MCC_PRIOR)
+        else:
+            base = x
+        vs_mcc = x - base
+        mcc_n[0] = min(n_all + 1.0, _MCC_CAP)
+        mcc_mu[0] += (x - mcc_mu[0]) / mcc_n[0]
+        if k != 0:
+            mcc_n[k] = min(mcc_n[k] + 1.0, _MCC_CAP)
+            mcc_mu[k] += (x - mcc_mu[k]) / mcc_n[k]
         prior = n_total[s]
         is_new = prior == 0
         old = last_ms[s]
@@ -504,7 +691,8 @@ def update_and_featurize(  # pragma: no cover
             _bump(c5d, s, j, 65535)
             a5d[s, j] += amt
 
-        # Amount profile: z-score against the profile before this row, then fold the row in.
+        # Amount profile (of the amount relative to its category): z-score against the profile
+        # before this row, then fold the row in.
         w = p0[s]
         z = 0.0
         vs_profile = 0.0
@@ -512,11 +700,11 @@ def update_and_featurize(  # pragma: no cover
             mu = p1[s] / w
             sd = math.sqrt(max(p2[s] / w - mu * mu, 0.0))
             sd_floor = max(sd, _SD_FLOOR)
-            vs_profile = x - mu if prior >= 3 else 0.0
+            vs_profile = vs_mcc - mu if prior >= 3 else 0.0
             z = vs_profile / sd_floor
-            xc = min(max(x, mu - 3.0 * sd_floor), mu + 3.0 * sd_floor) if prior >= 3 else x
+            xc = min(max(vs_mcc, mu - 3.0 * sd_floor), mu + 3.0 * sd_floor) if prior >= 3 else vs_mcc
         else:
-            xc = x
+            xc = vs_mcc
         if t >= old:
             decay = math.exp(-(t - old) / _PROFILE_TAU_MS)
             p0[s] = w * decay + 1.0
@@ -529,33 +717,78 @@ def update_and_featurize(  # pragma: no cover
             p2[s] = p2[s] + age * xc * xc
 
         # Devices and channels.
+        t_min = np.uint32(max(t // 60_000, 0) + 1)
         dev = device[i]
         new_dev = 0.0
+        dev_age_h = -1.0
+        dev_n = 0.0
         if dev != 0:
-            known = False
+            at = -1
             for k in range(min(int(n_devices[s]), _DEVICES)):
                 if devices[s, k] == dev:
-                    known = True
+                    at = k
                     break
-            if not known:
+            if at < 0:
                 if n_devices[s] > 0:
                     new_dev = 1.0
-                devices[s, n_devices[s] % _DEVICES] = dev
+                at = n_devices[s] % _DEVICES
+                devices[s, at] = dev
+                dev_min[s, at] = t_min if n_devices[s] > 0 else 0
+                dev_rows[s, at] = 0
                 if n_devices[s] < 255:
                     n_devices[s] += 1
+            if dev_rows[s, at] < 255:
+                dev_rows[s, at] += 1
+            dev_age_h = _age_h(dev_min[s, at], t_min)
+            dev_n = float(dev_rows[s, at])
+        addr = ip[i]
+        ip_age_h = -1.0
+        if addr != 0:
+            at = -1
+            for k in range(min(int(n_ips[s]), _DEVICES)):
+                if ips[s, k] == addr:
+                    at = k
+                    break
+            if at < 0:
+                at = n_ips[s] % _DEVICES
+                ips[s, at] = addr
+                ip_min[s, at] = t_min if n_ips[s] > 0 else 0
+                if n_ips[s] < 255:
+                    n_ips[s] += 1
+            ip_age_h = _age_h(ip_min[s, at], t_min)
         bit = channel_bit[i]
         new_chan = 1.0 if (bit != 0 and (channels[s] & bit) == 0 and not is_new) else 0.0
         channels[s] |= bit
 
         # Travel: distance and implied speed from the latest located row.
+        # An impossible jump opens a "away" spell that later rows far from its origin continue and a
+        # row back near the origin (the card's real holder, most likely) closes.
         speed = 0.0
         dist = -1.0
+        away_h = -1.0
+        origin_km = -1.0
+        returned = 0.0
         la, lo = lat[i], lon[i]
         if not (math.isnan(la) or math.isnan(lo)):
             if not math.isnan(s_lat[s]):
                 dist = _haversine_km(s_lat[s], s_lon[s], la, lo)
                 dt_h = max(abs(t - loc_ms[s]), 60_000) / 3_600_000.0
                 speed = dist / dt_h
+            if jump_min[s] != 0 and abs(int(t_min) - int(jump_min[s])) > _JUMP_HOLD_MIN:
+                jump_min[s] = 0
+            if jump_min[s] != 0:
+                origin_km = _haversine_km(olat[s], olon[s], la, lo)
+                if origin_km < JUMP_KM:
+                    returned = 1.0
+                    jump_min[s] = 0
+                else:
+                    away_h = max(int(t_min) - int(jump_min[s]), 0) / 60.0
+            elif speed >= JUMP_KMH and dist >= JUMP_KM:
+                olat[s] = s_lat[s]
+                olon[s] = s_lon[s]
+                jump_min[s] = t_min
+                origin_km = dist
+                away_h = 0.0
             if t >= loc_ms[s] or math.isnan(s_lat[s]):
                 s_lat[s] = la
                 s_lon[s] = lo
@@ -620,6 +853,13 @@ def update_and_featurize(  # pragma: no cover
         r = merchant_risk[i]
         out[i, _O_RISK] = 0.0 if math.isnan(r) else r
         out[i, _O_RISK_KNOWN] = 0.0 if math.isnan(r) else 1.0
+        out[i, _O_VS_MCC] = vs_mcc
+        out[i, _O_DEVICE_AGE_H] = dev_age_h
+        out[i, _O_IP_AGE_H] = ip_age_h
+        out[i, _O_DEVICE_ROWS] = dev_n
+        out[i, _O_AWAY_H] = away_h
+        out[i, _O_ORIGIN_KM] = origin_km
+        out[i, _O_RETURN] = returned
 
 
 def as_feature_dict(matrix: np.ndarray) -> dict[str, np.ndarray]:

@@ -184,6 +184,10 @@ def train_model(
             "learning_rate": learning_rate,
             "num_leaves": leaves,
             "min_data_in_leaf": 20,
+            # L2 on leaf values: fraud is rare and often nearly separable, and without it a leaf of a few
+            # frauds gets an unbounded value and boosting diverges (measured on the generator's corpus:
+            # AP 0.49 with 100 trees, 0.40 with 200; 0.99 with lambda_l2 = 1)
+            "lambda_l2": 1.0,
             "feature_fraction": 0.9,
             "bagging_fraction": 0.8,
             "bagging_freq": 1,

@@ -36,6 +36,8 @@ _EXPECTED: Final = (
     "channel_shift",
     "decline_burst",
     "high_amount",
+    "shared_device",
+    "spend_burst",
 )
 assert RULE_NAMES == _EXPECTED, "config.Rules and rules._measure must list the same rules in the same order"
 
@@ -45,6 +47,9 @@ _SMALL_10M, _N_1H, _SMALL_1H, _SUM_1H = F["card_small_10m"], F["card_n_1h"], F["
 _SPEED, _DIST, _CHANGED, _GAP_H = F["speed_kmh"], F["distance_km"], F["country_changed"], F["country_gap_h"]
 _Z, _HISTORY, _RISK, _VS_PROFILE = F["amount_z"], F["log_card_history"], F["merchant_risk"], F["amount_vs_profile"]
 _NEW_DEVICE, _NEW_CHANNEL, _DECLINED = F["new_device"], F["new_channel"], F["card_declined_1h"]
+_DEVICE_AGE_H, _DEVICE_ROWS, _DEVICE_CARDS = F["device_age_h"], F["device_rows"], F["device_cards"]
+_IP_AGE_H = F["ip_age_h"]
+_AWAY_H, _RETURN = F["travel_away_h"], F["travel_return"]
 
 
 @dataclass(frozen=True)
@@ -61,8 +66,14 @@ def rule_params(config: DetectionConfig) -> np.ndarray:
         rule: Rule = getattr(config.rules, name)
         out[k, :_P1] = (rule.enabled, rule.weight, rule.ramp_from, rule.threshold, rule.alert)
     r = config.rules
-    out[1, _P1] = r.takeover_burst.min_amount_minor
+    out[0, _P1] = r.card_testing.new_device_weight
+    out[0, _P2] = r.card_testing.young_device_h
+    out[1, _P1] = math.log1p(r.takeover_burst.min_history) - 1e-6
+    out[11, _P1] = r.spend_burst.min_amount_minor
+    out[1, _P2] = r.takeover_burst.young_device_h
+    out[1, _P3] = math.log(r.takeover_burst.min_ratio) - 1e-9
     out[2, _P1] = r.impossible_travel.min_distance_km
+    out[2, _P2] = r.impossible_travel.hold_h
     out[4, _P1] = math.log1p(r.amount_spike.min_history) - 1e-6
     out[4, _P2] = r.amount_spike.min_amount_minor
     out[4, _P3] = math.log(r.amount_spike.min_ratio) - 1e-9
@@ -75,12 +86,21 @@ def _measure(
     k: int, f: np.ndarray, amount: float, small: float, p: np.ndarray
 ) -> tuple[float, bool]:  # pragma: no cover
     """Rule k's x and gate for one feature row `f`."""
-    if k == 0:  # card_testing: small amounts in 10 min, this row small
-        return float(f[_SMALL_10M]), amount <= small
-    if k == 1:  # takeover_burst: ordinary-sized rows in 1 h, and the hour's spend
-        return float(f[_N_1H] - f[_SMALL_1H]), f[_SUM_1H] >= p[k, _P1] and amount > small
-    if k == 2:  # impossible_travel: km/h, over a long enough distance
-        return float(f[_SPEED]), f[_DIST] >= p[k, _P1]
+    # a device new to the card, from an address new to it too (a new phone at home is not a takeover)
+    fresh = p[1 if k == 1 else 0, _P2]
+    young = 0.0 <= f[_DEVICE_AGE_H] < fresh and f[_IP_AGE_H] < fresh
+    if k == 0:  # card_testing: small amounts in 10 min (+ a bonus on a device new to the card), this row small
+        return float(f[_SMALL_10M]) + (p[k, _P1] if young else 0.0), amount <= small
+    if k == 1:  # takeover_burst: rows on a device new to an established card, each well above its habit
+        above = f[_HISTORY] >= p[k, _P1] and f[_VS_PROFILE] >= p[k, _P3]
+        return float(f[_DEVICE_ROWS]) if young else 0.0, amount > small and above
+    if k == 2:  # impossible_travel: km/h over a long enough distance, then rows still away from the origin
+        if f[_RETURN] > 0:  # back where the card was before the jump: its holder, not the clone
+            return 0.0, False
+        x = float(f[_SPEED]) if f[_DIST] >= p[k, _P1] else 0.0
+        if 0.0 <= f[_AWAY_H] <= p[k, _P2]:
+            x = max(x, p[k, _THRESHOLD])
+        return x, True
     if k == 3:  # country_hop: country changes per hour, only without positions
         return 1.0 / max(f[_GAP_H], 1.0 / 60.0), f[_CHANGED] > 0 and f[_DIST] < 0
     if k == 4:  # amount_spike: z-score vs the card's profile; enough history, big enough, a real multiple
@@ -93,7 +113,12 @@ def _measure(
         return float(f[_NEW_CHANNEL]), f[_HISTORY] >= p[k, _P1]
     if k == 8:  # decline_burst
         return float(f[_DECLINED]), True
-    return amount, True  # high_amount
+    if k == 9:  # high_amount
+        return amount, True
+    if k == 10:  # shared_device: cards the device paid for
+        return float(f[_DEVICE_CARDS]), True
+    # spend_burst: ordinary-sized rows in 1 h, and the hour's spend
+    return float(f[_N_1H] - f[_SMALL_1H]), f[_SUM_1H] >= p[k, _P1] and amount > small
 
 
 @numba.njit(cache=True, nogil=True)
