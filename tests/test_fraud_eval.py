@@ -210,7 +210,9 @@ def test_train_days_trains_on_the_first_days_and_judges_the_rest(tmp_path: Path)
         from pipelines.detect.model import FraudModel
 
         model = FraudModel.load(data["run"]["model_trained"])
-        # trained on the first days only, with the labels known by then (12 h late: the last half day unknown)
+        # trained on the first days only, with the labels known by then (12 h late: the last half day unknown,
+        # so left out of training rather than taught as legitimate)
         assert 0 < model.summary["frauds"] < train["frauds"]
+        assert model.summary["label_delay_ms"] == data["run"]["train_label_delay_ms"] == 12 * 3_600_000
     finally:
         _drop_runs(state)

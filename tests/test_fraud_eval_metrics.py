@@ -94,3 +94,25 @@ def test_no_alerts_and_no_frauds_give_none_not_zero() -> None:
     f = compute_figures(_outcomes(quiet), k=2)
     assert f.recall is None and f.precision is None and f.average_precision is None and f.roc_auc is None
     assert f.card_precision_at_100 == 0.0 and f.alert_latency_ms.p50 is None and f.per_scenario == {}
+
+
+def test_training_stops_the_longest_known_label_delay_before_the_cutoff() -> None:
+    import pyarrow as pa
+
+    from pipelines.fraudeval.corpus import Corpus
+    from pipelines.fraudeval.run import training_label_delay
+
+    day = 86_400_000
+    t = np.array([0, 1, 2, 3, 4, 5], dtype=np.int64) * day
+    corpus = Corpus(
+        transactions=pa.table({"event_time": pa.array(t, pa.timestamp("ms", tz="UTC"))}),
+        is_fraud=np.array([True, True, False, True, True, False]),
+        scenario=np.array([""] * 6, dtype=object),
+        # frauds known 2 d, 1 d, 3 d and 9 d after their events
+        label_time_ms=np.array([2 * day, 2 * day, -1, 6 * day, 13 * day, -1], dtype=np.int64),
+        unmatched_labels=0,
+    )
+    assert training_label_delay(corpus, 3 * day, None) == 2 * day  # known by day 3: delays 2 d and 1 d
+    assert training_label_delay(corpus, 6 * day, None) == 3 * day  # the 9-day label is not known yet
+    assert training_label_delay(corpus, 6 * day, 5 * day) == 5 * day  # --label-delay wins
+    assert training_label_delay(corpus, day, None) is None  # nothing known yet: nothing to go by
