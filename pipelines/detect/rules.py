@@ -83,62 +83,68 @@ def rule_params(config: DetectionConfig) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _measure(
-    k: int, f: np.ndarray, amount: float, small: float, p: np.ndarray
-) -> tuple[float, bool]:  # pragma: no cover
-    """Rule k's x and gate for one feature row `f`."""
+    f: np.ndarray, amount: float, small: float, p: np.ndarray, x: np.ndarray, gate: np.ndarray
+) -> None:  # pragma: no cover
+    """Every rule's x and gate for one feature row `f` (rule k in x[k], gate[k]), in straight-line code."""
     # a device new to the card, from an address new to it too (a new phone at home is not a takeover)
-    fresh = p[1 if k == 1 else 0, _P2]
-    young = 0.0 <= f[_DEVICE_AGE_H] < fresh and f[_IP_AGE_H] < fresh
-    if k == 0:  # card_testing: small amounts in 10 min (+ a bonus on a device new to the card), this row small
-        return float(f[_SMALL_10M]) + (p[k, _P1] if young else 0.0), amount <= small
-    if k == 1:  # takeover_burst: rows on a device new to an established card, each well above its habit
-        above = f[_HISTORY] >= p[k, _P1] and f[_VS_PROFILE] >= p[k, _P3]
-        return float(f[_DEVICE_ROWS]) if young else 0.0, amount > small and above
-    if k == 2:  # impossible_travel: km/h over a long enough distance, then rows still away from the origin
-        if f[_RETURN] > 0:  # back where the card was before the jump: its holder, not the clone
-            return 0.0, False
-        x = float(f[_SPEED]) if f[_DIST] >= p[k, _P1] else 0.0
-        if 0.0 <= f[_AWAY_H] <= p[k, _P2]:
-            x = max(x, p[k, _THRESHOLD])
-        return x, True
-    if k == 3:  # country_hop: country changes per hour, only without positions
-        return 1.0 / max(f[_GAP_H], 1.0 / 60.0), f[_CHANGED] > 0 and f[_DIST] < 0
-    if k == 4:  # amount_spike: z-score vs the card's profile; enough history, big enough, a real multiple
-        return float(f[_Z]), f[_HISTORY] >= p[k, _P1] and amount >= p[k, _P2] and f[_VS_PROFILE] >= p[k, _P3]
-    if k == 5:  # compromised_merchant
-        return float(f[_RISK]), True
-    if k == 6:  # new_device
-        return float(f[_NEW_DEVICE]), True
-    if k == 7:  # channel_shift, enough history
-        return float(f[_NEW_CHANNEL]), f[_HISTORY] >= p[k, _P1]
-    if k == 8:  # decline_burst
-        return float(f[_DECLINED]), True
-    if k == 9:  # high_amount
-        return amount, True
-    if k == 10:  # shared_device: cards the device paid for
-        return float(f[_DEVICE_CARDS]), True
+    age, ip_age = f[_DEVICE_AGE_H], f[_IP_AGE_H]
+    young_ct = 0.0 <= age < p[0, _P2] and ip_age < p[0, _P2]
+    young_tb = 0.0 <= age < p[1, _P2] and ip_age < p[1, _P2]
+    vs_profile, history = f[_VS_PROFILE], f[_HISTORY]
+    # card_testing: small amounts in 10 min (+ a bonus on a device new to the card), this row small
+    x[0] = f[_SMALL_10M] + (p[0, _P1] if young_ct else 0.0)
+    gate[0] = amount <= small
+    # takeover_burst: rows on a device new to an established card, each well above its habit
+    x[1] = f[_DEVICE_ROWS] if young_tb else 0.0
+    gate[1] = amount > small and history >= p[1, _P1] and vs_profile >= p[1, _P3]
+    # impossible_travel: km/h over a long enough distance, then rows still away from the origin; a row
+    # back where the card was before the jump is its holder's, not the clone's
+    travel = f[_SPEED] if f[_DIST] >= p[2, _P1] else 0.0
+    if 0.0 <= f[_AWAY_H] <= p[2, _P2]:
+        travel = max(travel, p[2, _THRESHOLD])
+    x[2] = travel
+    gate[2] = f[_RETURN] <= 0
+    # country_hop: country changes per hour, only without positions
+    x[3] = 1.0 / max(f[_GAP_H], 1.0 / 60.0)
+    gate[3] = f[_CHANGED] > 0 and f[_DIST] < 0
+    # amount_spike: z-score vs the card's profile; enough history, big enough, a real multiple
+    x[4] = f[_Z]
+    gate[4] = history >= p[4, _P1] and amount >= p[4, _P2] and vs_profile >= p[4, _P3]
+    x[5] = f[_RISK]  # compromised_merchant
+    gate[5] = True
+    x[6] = f[_NEW_DEVICE]  # new_device
+    gate[6] = True
+    x[7] = f[_NEW_CHANNEL]  # channel_shift, enough history
+    gate[7] = history >= p[7, _P1]
+    x[8] = f[_DECLINED]  # decline_burst
+    gate[8] = True
+    x[9] = amount  # high_amount
+    gate[9] = True
+    x[10] = f[_DEVICE_CARDS]  # shared_device: cards the device paid for
+    gate[10] = True
     # spend_burst: ordinary-sized rows in 1 h, and the hour's spend
-    return float(f[_N_1H] - f[_SMALL_1H]), f[_SUM_1H] >= p[k, _P1] and amount > small
+    x[11] = f[_N_1H] - f[_SMALL_1H]
+    gate[11] = f[_SUM_1H] >= p[11, _P1] and amount > small
 
 
 @numba.njit(cache=True, nogil=True)
 def _evaluate(
     features: np.ndarray, amount: np.ndarray, small: float, p: np.ndarray, score: np.ndarray, fired: np.ndarray
 ) -> None:  # pragma: no cover
+    rules = p.shape[0]
+    x = np.zeros(rules, dtype=np.float64)
+    gate = np.zeros(rules, dtype=np.bool_)
     for i in range(len(amount)):
         keep = 1.0
         bits = 0
-        f = features[i]
-        for k in range(p.shape[0]):
-            if p[k, _ENABLED] == 0.0:
-                continue
-            x, gate = _measure(k, f, amount[i], small, p)
-            if not gate:
+        _measure(features[i], amount[i], small, p, x, gate)
+        for k in range(rules):
+            if p[k, _ENABLED] == 0.0 or not gate[k]:
                 continue
             ramp, threshold = p[k, _RAMP], p[k, _THRESHOLD]
-            strength = min(max((x - ramp) / (threshold - ramp), 0.0), 1.0)
+            strength = min(max((x[k] - ramp) / (threshold - ramp), 0.0), 1.0)
             keep *= 1.0 - p[k, _WEIGHT] * strength
-            if x >= threshold:
+            if x[k] >= threshold:
                 bits |= 1 << k
         score[i] = 1.0 - keep
         fired[i] = bits
