@@ -195,6 +195,7 @@ def test_each_scenario_alerts_with_its_rule_once_on_table_and_topic(det: DetectE
         named = [e["transaction_id"] for e in events if name in alerts.get(e["transaction_id"], ((), 0))[0]]
         assert named, f"{name}: no alert names the rule; " + repr(det.scores(events))
     assert report["alerts"] == len(alerts), "each alert written once"
+    assert report["detection_cpu_s"] > 0, "what detection cost the workers is reported"
     assert report["latency_alert"]["events"] == len(alerts)
     assert report["latency_alert_insert"]["p99_ms"] < 1000
 

@@ -389,12 +389,17 @@ class _Columns:
 
     def channel_bits(self) -> np.ndarray:
         """1 << the channel's position in the contract's enum; 0 for null or a channel it lacks."""
-        bits = np.zeros(self.n, dtype=np.uint8)
         if "channel" not in self._batch.column_names:
-            return bits
-        hashes = _string_hashes(self._batch["channel"])
-        for code, bit in _CHANNEL_HASHES:
-            bits[hashes == np.uint64(code)] = bit
+            return np.zeros(self.n, dtype=np.uint8)
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        channel = self._batch["channel"]
+        if not pa.types.is_string(channel.type):  # dictionary (LowCardinality) or large strings
+            channel = channel.cast(pa.string())
+        index = pc.index_in(channel, value_set=_CHANNEL_SET)
+        positions = np.asarray(pc.fill_null(index, len(CHANNELS)).to_numpy(zero_copy_only=False), dtype=np.int64)
+        bits: np.ndarray = _CHANNEL_BITS[positions]
         return bits
 
 
@@ -422,9 +427,15 @@ def hash_texts(texts: Sequence[str]) -> np.ndarray:
     return feat.hash_strings(offsets, data, np.ones(len(encoded), dtype=np.bool_))
 
 
-def _channel_hashes() -> tuple[tuple[int, int], ...]:
-    return tuple((int(h), 1 << k) for k, h in enumerate(hash_texts(CHANNELS).tolist()))
+# channel → its bit: the position in the contract's enum (a channel it lacks, or null: the last, 0)
+_CHANNEL_BITS: Final = np.array([1 << k for k in range(len(CHANNELS))] + [0], dtype=np.uint8)
 
 
-_CHANNEL_HASHES: Final = _channel_hashes()
+def _channel_set() -> pa.Array:
+    import pyarrow as pa
+
+    return pa.array(CHANNELS, pa.string())
+
+
+_CHANNEL_SET: Final = _channel_set()
 _NOT_PRESENT_BITS: Final = np.uint8(sum(1 << CHANNELS.index(c) for c in CARD_NOT_PRESENT))

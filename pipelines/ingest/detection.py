@@ -39,9 +39,10 @@ current step for labels that arrived since (live traffic). Labels are consumed b
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
@@ -86,6 +87,23 @@ BATCH_TYPES: dict[str, pa.DataType] = {
 }
 
 
+_F = TypeVar("_F", bound=Callable[..., None])
+
+
+def _cpu_timed(method: _F) -> _F:
+    """Adds the calling thread's CPU time in `method` to the stage's `cpu_s` (what detection costs a worker)."""
+
+    @functools.wraps(method)
+    def timed(self: DetectionStage, *args: Any, **kwargs: Any) -> None:
+        start = time.thread_time()
+        try:
+            method(self, *args, **kwargs)
+        finally:
+            self.cpu_s += time.thread_time() - start
+
+    return cast("_F", timed)
+
+
 class _Scores:
     """One partition's outputs for some rows, concatenated over merchant-risk steps."""
 
@@ -112,6 +130,7 @@ class DetectionStage:
         ds = settings.detection
         self.enabled = ds.enabled
         self.status = status
+        self.cpu_s = 0.0  # thread CPU in assign/revoke/score/after_insert (see _cpu_timed)
         if not self.enabled:
             return
         from pipelines.detect.alerts import AlertSink
@@ -186,6 +205,7 @@ class DetectionStage:
         )
         self.labels.start()
 
+    @_cpu_timed
     def assign(self, resume: Mapping[int, int]) -> None:
         """Partitions this worker now owns, each with the first offset Kafka will deliver (< 0: unknown)."""
         if not self.enabled:
@@ -194,6 +214,7 @@ class DetectionStage:
         for partition, offset in resume.items():
             self._restore(partition, offset)
 
+    @_cpu_timed
     def revoke(self, partitions: set[int]) -> None:
         """Partitions this worker no longer owns: snapshot the ones whose state is all stored rows."""
         if not self.enabled:
@@ -214,6 +235,7 @@ class DetectionStage:
             self.pending.pop(p, None)
             self.pending_scores.pop(p, None)
 
+    @_cpu_timed
     def score(self, table: pa.Table, messages: Sequence[Message], rows_index: np.ndarray) -> None:
         """Score a polled chunk's valid rows (the `transactions` columns, _partition, _offset).
 
@@ -230,7 +252,12 @@ class DetectionStage:
             rows = np.flatnonzero((parts == p) & (offsets > self.position[p]))
             if not len(rows):
                 continue
-            sub = table.take(pa.array(rows)) if len(rows) < table.num_rows else table
+            if len(rows) == table.num_rows:
+                sub = table
+            elif rows[-1] - rows[0] + 1 == len(rows):  # a consumed chunk comes in runs per partition: no copy
+                sub = table.slice(int(rows[0]), len(rows))
+            else:
+                sub = table.take(pa.array(rows))
             if p not in self.candidate and time.monotonic() - self.snapshot_at[p] >= SNAPSHOT_INTERVAL_S:
                 # Between chunks the state is exactly the rows up to `position`: keep it until they are stored.
                 self.candidate[p] = (self.position[p], det.snapshot())
@@ -241,6 +268,7 @@ class DetectionStage:
             self._queue(p, self.position[p], sub, scores, stamps)
         self._refresh_risk()
 
+    @_cpu_timed
     def after_insert(self, ranges: Mapping[int, Range]) -> None:
         """The batch of `ranges` is stored and still this worker's: write its alerts and scores."""
         if not self.enabled:
@@ -457,6 +485,7 @@ class DetectionStage:
             return
         self._last_status = now
         self.status.alerts = self.alerts
+        self.status.detection_cpu_s = self.cpu_s
         self.status.latency_alert_hist = self.latency_alert.encode()
         self.status.latency_alert_insert_hist = self.latency_alert_insert.encode()
 

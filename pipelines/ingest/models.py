@@ -52,6 +52,7 @@ class WorkerStatus:
     # Fraud detection (pipelines.ingest.detection): alerts written, and their latency histograms
     # (Kafka timestamp of the transaction → alert produced; insert returned → alert produced).
     alerts: int = 0
+    detection_cpu_s: float = 0.0  # this worker's thread CPU in the detection stage's calls (numba load excluded)
     latency_alert_hist: str = ""
     latency_alert_insert_hist: str = ""
 
@@ -98,5 +99,6 @@ class IngestReport:
     stages: dict[str, LatencySummary] = field(default_factory=dict)
     stage_windows: list[dict[str, dict[str, list[float]]]] = field(default_factory=list)
     alerts: int = 0
+    detection_cpu_s: float = 0.0  # summed over workers: what scoring, alert writing and state restores cost
     latency_alert: LatencySummary | None = None
     latency_alert_insert: LatencySummary | None = None

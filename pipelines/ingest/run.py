@@ -92,6 +92,7 @@ def build_report(statuses: list[WorkerStatus], *, started: float, workers: int) 
         },
         stage_windows=[s.stage_windows for s in statuses if s.stage_windows],
         alerts=sum(s.alerts for s in statuses),
+        detection_cpu_s=round(sum(s.detection_cpu_s for s in statuses), 3),
         latency_alert=_summary(ALERT_LATENCY, [s.latency_alert_hist for s in statuses]),
         latency_alert_insert=_summary(ALERT_INSERT_LATENCY, [s.latency_alert_insert_hist for s in statuses]),
     )
