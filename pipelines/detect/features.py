@@ -534,6 +534,25 @@ def _bump(arr: np.ndarray, s: int, j: int, limit: int) -> None:  # pragma: no co
 
 
 @numba.njit(cache=True)
+def _remember(  # pragma: no cover
+    known: np.ndarray, first_min: np.ndarray, seen: np.ndarray, s: int, value: np.uint32, t_min: np.uint32
+) -> tuple[int, bool]:
+    """The slot of `value` among card s's last _DEVICES distinct ones (devices or IPs), and whether it is new.
+
+    A new one replaces the oldest, first seen now (0: the card's first one, as old as the card).
+    """
+    for k in range(min(int(seen[s]), _DEVICES)):
+        if known[s, k] == value:
+            return k, False
+    at = int(seen[s]) % _DEVICES
+    known[s, at] = value
+    first_min[s, at] = t_min if seen[s] > 0 else 0
+    if seen[s] < 255:
+        seen[s] += 1
+    return at, True
+
+
+@numba.njit(cache=True)
 def _age_h(first_min: np.uint32, t_min: np.uint32) -> float:  # pragma: no cover
     """Hours since a device or IP was first seen (a card's first one: _OLD_H), capped at _OLD_H."""
     if first_min == 0:
@@ -732,20 +751,10 @@ def update_and_featurize(  # pragma: no cover
         dev_age_h = -1.0
         dev_n = 0.0
         if dev != 0:
-            at = -1
-            for k in range(min(int(n_devices[s]), _DEVICES)):
-                if devices[s, k] == dev:
-                    at = k
-                    break
-            if at < 0:
-                if n_devices[s] > 0:
-                    new_dev = 1.0
-                at = n_devices[s] % _DEVICES
-                devices[s, at] = dev
-                dev_min[s, at] = t_min if n_devices[s] > 0 else 0
+            at, first = _remember(devices, dev_min, n_devices, s, dev, t_min)
+            if first:
+                new_dev = 1.0 if n_devices[s] > 1 else 0.0
                 dev_rows[s, at] = 0
-                if n_devices[s] < 255:
-                    n_devices[s] += 1
             if dev_rows[s, at] < 255:
                 dev_rows[s, at] += 1
             dev_age_h = _age_h(dev_min[s, at], t_min)
@@ -753,17 +762,7 @@ def update_and_featurize(  # pragma: no cover
         addr = ip[i]
         ip_age_h = -1.0
         if addr != 0:
-            at = -1
-            for k in range(min(int(n_ips[s]), _DEVICES)):
-                if ips[s, k] == addr:
-                    at = k
-                    break
-            if at < 0:
-                at = n_ips[s] % _DEVICES
-                ips[s, at] = addr
-                ip_min[s, at] = t_min if n_ips[s] > 0 else 0
-                if n_ips[s] < 255:
-                    n_ips[s] += 1
+            at, _ = _remember(ips, ip_min, n_ips, s, addr, t_min)
             ip_age_h = _age_h(ip_min[s, at], t_min)
         bit = channel_bit[i]
         new_chan = 1.0 if (bit != 0 and (channels[s] & bit) == 0 and not is_new) else 0.0
