@@ -298,7 +298,7 @@ def test_corpus_with_only_card_merchant_time_and_amount() -> None:
 
 
 def _stream(seed: int, n: int = 240) -> pa.Table:
-    """Mixed traffic of a few cards: jittered (slightly out-of-order) times, geo, devices, declines."""
+    """Mixed traffic of a few cards: jittered (slightly out-of-order) times, geo, devices, IPs, categories, declines."""
     rng = np.random.default_rng(seed)
     t = T0 + np.cumsum(rng.exponential(4 * MIN, n)).astype(np.int64)
     t = t - (rng.random(n) < 0.1) * rng.integers(0, 20 * MIN, n)  # some rows arrive late within their card
@@ -314,7 +314,9 @@ def _stream(seed: int, n: int = 240) -> pa.Table:
                 "country": str(rng.choice(["FR", "DE", "US"])),
                 "channel": str(rng.choice(["POS", "ECOM", "ATM", "CONTACTLESS"])),
                 "status": str(rng.choice(["CAPTURED", "DECLINED"], p=[0.8, 0.2])),
-                "device_id": None if rng.random() < 0.5 else f"dev_{rng.integers(0, 5)}",
+                "device_id": None if rng.random() < 0.5 else f"dev_{rng.integers(0, 5)}",  # shared: fan-out
+                "ip_address": None if rng.random() < 0.5 else f"10.0.0.{rng.integers(0, 5)}",
+                "merchant_category": str(rng.choice(["5411", "4511", "5999"])),  # the category profile
                 "latitude": float(rng.uniform(40, 50)) if located else None,
                 "longitude": float(rng.uniform(-75, 5)) if located else None,
             }
