@@ -150,7 +150,7 @@ _NO_GAP_S = 30 * 86_400.0  # log_gap_s of a card's first row: as if its last row
 _EMPTY: Final = np.uint64(0)
 
 
-# One card's state is one 256-byte row (4 cache lines: a row's fields are read together, so
+# One card's state is one 320-byte row (5 cache lines: a row's fields are read together, so
 # keeping them adjacent beats one array per field). (name, dtype, width), widest types first so
 # every field is aligned; width 0: a scalar per card.
 _LAYOUT: Final[tuple[tuple[str, str, int], ...]] = (
