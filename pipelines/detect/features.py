@@ -238,6 +238,26 @@ def _blank_rows(capacity: int) -> np.ndarray:
     return rows
 
 
+def _table_for(keys: np.ndarray, vals: np.ndarray, need: int, held: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hash table (keys, vals) with room for `need` keys at most half full: these, or a rehashed bigger one."""
+    size = table_size(need)
+    if size <= len(keys):
+        return keys, vals
+    new_keys = np.zeros(size, dtype=np.uint64)
+    new_vals = np.zeros(size, dtype=np.int32)
+    moved = _rehash(keys, vals, new_keys, new_vals)
+    assert moved == held, f"rehash moved {moved} of {held} keys"
+    return new_keys, new_vals
+
+
+def _keys_by_slot(keys: np.ndarray, vals: np.ndarray, held: int) -> np.ndarray:
+    """Each key of the table in slot order: its content whatever its size or probe order."""
+    used = keys != 0
+    out = np.zeros(held, dtype=np.uint64)
+    out[vals[used]] = keys[used]
+    return out
+
+
 @dataclass
 class CardState:
     """Cards' rows (one per slot, growing by half) and the hash table that finds a card's slot."""
@@ -303,10 +323,7 @@ class CardState:
 
     def keys_by_slot(self) -> np.ndarray:
         """Each card's hash, in slot order: the table's content whatever its size or probe order."""
-        used = self.keys != 0
-        out = np.zeros(self.cards, dtype=np.uint64)
-        out[self.vals[used]] = self.keys[used]
-        return out
+        return _keys_by_slot(self.keys, self.vals, self.cards)
 
     def reserve(self, new_cards: int) -> None:
         """Room for `new_cards` more cards: rows, and a hash table at most half full."""
@@ -316,13 +333,7 @@ class CardState:
             rows = _blank_rows(cap)
             rows[: self.cards] = self.rows[: self.cards]
             self.rows = rows
-        size = table_size(need)
-        if size > len(self.keys):
-            keys = np.zeros(size, dtype=np.uint64)
-            vals = np.zeros(size, dtype=np.int32)
-            moved = _rehash(self.keys, self.vals, keys, vals)
-            assert moved == self.cards, f"rehash moved {moved} of {self.cards} cards"
-            self.keys, self.vals = keys, vals
+        self.keys, self.vals = _table_for(self.keys, self.vals, need, self.cards)
 
     def nbytes(self) -> int:
         """Bytes allocated for the state (rows at capacity, plus the table)."""
@@ -381,12 +392,7 @@ class DeviceTable:
             count = np.zeros(cap, dtype=np.uint16)
             count[: self.devices] = self.count[: self.devices]
             self.last, self.count = last, count
-        size = table_size(need)
-        if size > len(self.keys):
-            keys = np.zeros(size, dtype=np.uint64)
-            vals = np.zeros(size, dtype=np.int32)
-            _rehash(self.keys, self.vals, keys, vals)
-            self.keys, self.vals = keys, vals
+        self.keys, self.vals = _table_for(self.keys, self.vals, need, self.devices)
 
     def update(self, device_hashes: np.ndarray, card_slots: np.ndarray) -> np.ndarray:
         """Fold the rows (in order) in; each row's fan-out after it (0 for a row without a device)."""
@@ -400,10 +406,7 @@ class DeviceTable:
         return out
 
     def keys_by_slot(self) -> np.ndarray:
-        used = self.keys != 0
-        out = np.zeros(self.devices, dtype=np.uint64)
-        out[self.vals[used]] = self.keys[used]
-        return out
+        return _keys_by_slot(self.keys, self.vals, self.devices)
 
     def nbytes(self) -> int:
         return int(self.keys.nbytes + self.vals.nbytes + self.last.nbytes + self.count.nbytes)
