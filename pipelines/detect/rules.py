@@ -43,13 +43,22 @@ assert RULE_NAMES == _EXPECTED, "config.Rules and rules._measure must list the s
 
 # Columns of the parameter matrix, one row per rule.
 _ENABLED, _WEIGHT, _RAMP, _THRESHOLD, _ALERT, _P1, _P2, _P3 = range(8)
-_SMALL_10M, _N_1H, _SMALL_1H, _SUM_1H = F["card_small_10m"], F["card_n_1h"], F["card_small_1h"], F["card_sum_amount_1h"]
-_SPEED, _DIST, _CHANGED, _GAP_H = F["speed_kmh"], F["distance_km"], F["country_changed"], F["country_gap_h"]
-_Z, _HISTORY, _RISK, _VS_PROFILE = F["amount_z"], F["log_card_history"], F["merchant_risk"], F["amount_vs_profile"]
-_NEW_DEVICE, _NEW_CHANNEL, _DECLINED = F["new_device"], F["new_channel"], F["card_declined_1h"]
-_DEVICE_AGE_H, _DEVICE_ROWS, _DEVICE_CARDS = F["device_age_h"], F["device_rows"], F["device_cards"]
-_IP_AGE_H = F["ip_age_h"]
-_AWAY_H, _RETURN = F["travel_away_h"], F["travel_return"]
+# The feature columns the rules read. The kernels take their indices as an argument (`_COLS`)
+# rather than as globals: numba freezes globals into its on-disk cache, which is invalidated only
+# by a change to this file, so a new feature in features.py would leave cached code reading the
+# wrong columns. Below, _X is a position in _COLS (a constant of this file, safe to freeze).
+_COLUMN_NAMES: Final = (
+    "card_small_10m", "card_n_1h", "card_small_1h", "card_sum_amount_1h", "speed_kmh", "distance_km",
+    "country_changed", "country_gap_h", "amount_z", "log_card_history", "merchant_risk", "amount_vs_profile",
+    "new_device", "new_channel", "card_declined_1h", "device_age_h", "device_rows", "device_cards", "ip_age_h",
+    "travel_away_h", "travel_return",
+)  # fmt: skip
+(
+    _SMALL_10M, _N_1H, _SMALL_1H, _SUM_1H, _SPEED, _DIST, _CHANGED, _GAP_H, _Z, _HISTORY, _RISK, _VS_PROFILE,
+    _NEW_DEVICE, _NEW_CHANNEL, _DECLINED, _DEVICE_AGE_H, _DEVICE_ROWS, _DEVICE_CARDS, _IP_AGE_H, _AWAY_H,
+    _RETURN,
+) = range(len(_COLUMN_NAMES))  # fmt: skip
+_COLS: Final = np.array([F[name] for name in _COLUMN_NAMES], dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -83,53 +92,59 @@ def rule_params(config: DetectionConfig) -> np.ndarray:
 
 @numba.njit(cache=True)
 def _measure(
-    f: np.ndarray, amount: float, small: float, p: np.ndarray, x: np.ndarray, gate: np.ndarray
+    f: np.ndarray, c: np.ndarray, amount: float, small: float, p: np.ndarray, x: np.ndarray, gate: np.ndarray
 ) -> None:  # pragma: no cover
     """Every rule's x and gate for one feature row `f` (rule k in x[k], gate[k]), in straight-line code."""
     # a device new to the card, from an address new to it too (a new phone at home is not a takeover)
-    age, ip_age = f[_DEVICE_AGE_H], f[_IP_AGE_H]
+    age, ip_age = f[c[_DEVICE_AGE_H]], f[c[_IP_AGE_H]]
     young_ct = 0.0 <= age < p[0, _P2] and ip_age < p[0, _P2]
     young_tb = 0.0 <= age < p[1, _P2] and ip_age < p[1, _P2]
-    vs_profile, history = f[_VS_PROFILE], f[_HISTORY]
+    vs_profile, history = f[c[_VS_PROFILE]], f[c[_HISTORY]]
     # card_testing: small amounts in 10 min (+ a bonus on a device new to the card), this row small
-    x[0] = f[_SMALL_10M] + (p[0, _P1] if young_ct else 0.0)
+    x[0] = f[c[_SMALL_10M]] + (p[0, _P1] if young_ct else 0.0)
     gate[0] = amount <= small
     # takeover_burst: rows on a device new to an established card, each well above its habit
-    x[1] = f[_DEVICE_ROWS] if young_tb else 0.0
+    x[1] = f[c[_DEVICE_ROWS]] if young_tb else 0.0
     gate[1] = amount > small and history >= p[1, _P1] and vs_profile >= p[1, _P3]
     # impossible_travel: km/h over a long enough distance, then rows still away from the origin; a row
     # back where the card was before the jump is its holder's, not the clone's
-    travel = f[_SPEED] if f[_DIST] >= p[2, _P1] else 0.0
-    if 0.0 <= f[_AWAY_H] <= p[2, _P2]:
+    travel = f[c[_SPEED]] if f[c[_DIST]] >= p[2, _P1] else 0.0
+    if 0.0 <= f[c[_AWAY_H]] <= p[2, _P2]:
         travel = max(travel, p[2, _THRESHOLD])
     x[2] = travel
-    gate[2] = f[_RETURN] <= 0
+    gate[2] = f[c[_RETURN]] <= 0
     # country_hop: country changes per hour, only without positions
-    x[3] = 1.0 / max(f[_GAP_H], 1.0 / 60.0)
-    gate[3] = f[_CHANGED] > 0 and f[_DIST] < 0
+    x[3] = 1.0 / max(f[c[_GAP_H]], 1.0 / 60.0)
+    gate[3] = f[c[_CHANGED]] > 0 and f[c[_DIST]] < 0
     # amount_spike: z-score vs the card's profile; enough history, big enough, a real multiple
-    x[4] = f[_Z]
+    x[4] = f[c[_Z]]
     gate[4] = history >= p[4, _P1] and amount >= p[4, _P2] and vs_profile >= p[4, _P3]
-    x[5] = f[_RISK]  # compromised_merchant
+    x[5] = f[c[_RISK]]  # compromised_merchant
     gate[5] = True
-    x[6] = f[_NEW_DEVICE]  # new_device
+    x[6] = f[c[_NEW_DEVICE]]  # new_device
     gate[6] = True
-    x[7] = f[_NEW_CHANNEL]  # channel_shift, enough history
+    x[7] = f[c[_NEW_CHANNEL]]  # channel_shift, enough history
     gate[7] = history >= p[7, _P1]
-    x[8] = f[_DECLINED]  # decline_burst
+    x[8] = f[c[_DECLINED]]  # decline_burst
     gate[8] = True
     x[9] = amount  # high_amount
     gate[9] = True
-    x[10] = f[_DEVICE_CARDS]  # shared_device: cards the device paid for
+    x[10] = f[c[_DEVICE_CARDS]]  # shared_device: cards the device paid for
     gate[10] = True
     # spend_burst: ordinary-sized rows in 1 h, and the hour's spend
-    x[11] = f[_N_1H] - f[_SMALL_1H]
-    gate[11] = f[_SUM_1H] >= p[11, _P1] and amount > small
+    x[11] = f[c[_N_1H]] - f[c[_SMALL_1H]]
+    gate[11] = f[c[_SUM_1H]] >= p[11, _P1] and amount > small
 
 
 @numba.njit(cache=True, nogil=True)
 def _evaluate(
-    features: np.ndarray, amount: np.ndarray, small: float, p: np.ndarray, score: np.ndarray, fired: np.ndarray
+    features: np.ndarray,
+    c: np.ndarray,
+    amount: np.ndarray,
+    small: float,
+    p: np.ndarray,
+    score: np.ndarray,
+    fired: np.ndarray,
 ) -> None:  # pragma: no cover
     rules = p.shape[0]
     x = np.zeros(rules, dtype=np.float64)
@@ -137,7 +152,7 @@ def _evaluate(
     for i in range(len(amount)):
         keep = 1.0
         bits = 0
-        _measure(features[i], amount[i], small, p, x, gate)
+        _measure(features[i], c, amount[i], small, p, x, gate)
         for k in range(rules):
             if p[k, _ENABLED] == 0.0 or not gate[k]:
                 continue
@@ -163,6 +178,7 @@ def evaluate_rules(
     fired = np.empty(n, dtype=np.uint32)
     _evaluate(
         features,
+        _COLS,
         np.require(amount, np.float64, ["C", "W", "A"]),
         float(config.small_amount_minor),
         params,
