@@ -52,7 +52,7 @@ class Rule(_Strict):
 
 class CardTesting(Rule):
     """Small authorisations in quick succession (x = small-amount count in 10 min, this row included,
-    plus `new_device_weight` when the row's device is new to the card)."""
+    plus `new_device_weight` when the row's device is new to a card with `device_min_history` rows)."""
 
     weight: float = Field(0.9, ge=0, le=1)
     ramp_from: float = 1.0
@@ -61,6 +61,9 @@ class CardTesting(Rule):
         2.0, ge=0, description="Added to x on a device the card first used less than young_device_h ago."
     )
     young_device_h: float = Field(1.0, gt=0, description="A device first seen on the card this recently is new.")
+    device_min_history: int = Field(
+        10, ge=0, description="Earlier rows the card needs for the bonus (a young card's second device is not news)."
+    )
 
 
 class TakeoverBurst(Rule):

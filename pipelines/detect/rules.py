@@ -77,6 +77,7 @@ def rule_params(config: DetectionConfig) -> np.ndarray:
     r = config.rules
     out[0, _P1] = r.card_testing.new_device_weight
     out[0, _P2] = r.card_testing.young_device_h
+    out[0, _P3] = math.log1p(r.card_testing.device_min_history) - 1e-6
     out[1, _P1] = math.log1p(r.takeover_burst.min_history) - 1e-6
     out[11, _P1] = r.spend_burst.min_amount_minor
     out[1, _P2] = r.takeover_burst.young_device_h
@@ -100,8 +101,8 @@ def _measure(
     young_ct = 0.0 <= age < p[0, _P2] and ip_age < p[0, _P2]
     young_tb = 0.0 <= age < p[1, _P2] and ip_age < p[1, _P2]
     vs_profile, history = f[c[_VS_PROFILE]], f[c[_HISTORY]]
-    # card_testing: small amounts in 10 min (+ a bonus on a device new to the card), this row small
-    x[0] = f[c[_SMALL_10M]] + (p[0, _P1] if young_ct else 0.0)
+    # card_testing: small amounts in 10 min (+ a bonus on a device new to an established card), this row small
+    x[0] = f[c[_SMALL_10M]] + (p[0, _P1] if young_ct and history >= p[0, _P3] else 0.0)
     gate[0] = amount <= small
     # takeover_burst: rows on a device new to an established card, each well above its habit
     x[1] = f[c[_DEVICE_ROWS]] if young_tb else 0.0
