@@ -97,7 +97,12 @@ def _print_result(result: EvaluationResult) -> None:
         if part.figures is None:
             continue
         label = {"all": "whole corpus", "train": "training days (detector as configured)", "test": "held-out days"}
-        model = f", model {part.model}" if part.model else ", rules only"
+        model = f", model {Path(part.model).name}" if part.model else ", rules only"
+        if part.name == "all" and len(result.parts) > 1:
+            every_d = (result.retrain_every_ms or 0) / 86_400_000
+            model = f", {len(result.models)} model(s) retrained every {every_d:g} d"
+        elif part.from_ms is not None:
+            model += f", from {_iso_ms(part.from_ms)}"
         title = f"nova fraud evaluate — {label.get(part.name, part.name)}{model}"
         _common.out.print(format_figures(part.figures, title=title))
         if part.figures.per_scenario:
@@ -107,6 +112,12 @@ def _print_result(result: EvaluationResult) -> None:
         f"{result.elapsed_s:.1f} s"
         + (f"; kept topic {result.names.topic}, database {result.names.database}" if result.kept else "")
     )
+
+
+def _iso_ms(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
 
 
 def evaluate_cmd(
@@ -130,6 +141,12 @@ def evaluate_cmd(
     unpaced: bool = typer.Option(False, "--unpaced", help="Produce as fast as possible (latencies then grow)."),
     train_days: float | None = typer.Option(
         None, "--train-days", help="Train a model on the first D days (labels known by then), judge on the rest."
+    ),
+    retrain_every: str = typer.Option(
+        "7d",
+        "--retrain-every",
+        help="Retrain the model on the labels known every D of event time, as a scheduled `nova fraud train` "
+        "would (0: never; ignored with --train-days).",
     ),
     keep: bool = typer.Option(False, "--keep", help="Keep the run's topics and tables for inspection."),
     json_out: bool = typer.Option(False, "--json", help="Print the figures as JSON."),
@@ -166,6 +183,7 @@ def evaluate_cmd(
             label_delay_ms=delay_ms,
             rate=None if unpaced else rate,
             train_days=train_days,
+            retrain_every_ms=parse_duration_ms(retrain_every, option="--retrain-every"),
             keep=keep,
             on_progress=lambda stage, done, total: progress.update(stage, done, total),
         )

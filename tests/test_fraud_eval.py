@@ -4,6 +4,7 @@ hand from the alerts and scores the workers stored."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import shutil
 import subprocess
@@ -214,5 +215,54 @@ def test_train_days_trains_on_the_first_days_and_judges_the_rest(tmp_path: Path)
         # so left out of training rather than taught as legitimate)
         assert 0 < model.summary["frauds"] < train["frauds"]
         assert model.summary["label_delay_ms"] == data["run"]["train_label_delay_ms"] == 12 * 3_600_000
+    finally:
+        _drop_runs(state)
+
+
+def test_labels_retrain_the_model_as_they_arrive_and_the_whole_corpus_is_judged(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {"NOVA_STACK__STATE_DIR": str(state)}
+    run_nova(
+        "generate", "--count", "12000", "--fraud-rate", "0.02", "--spread-days", "4", "--seed", "5",
+        "--label-delay", "12h", "--labels-out", str(tmp_path / "labels.parquet"), "--out", str(tmp_path / "tx.parquet"),
+        env=env,
+    )  # fmt: skip
+    try:
+        result = run_nova(
+            "fraud", "evaluate", "--transactions", str(tmp_path / "tx.parquet"), "--labels",
+            str(tmp_path / "labels.parquet"), "--retrain-every", "1d", "--json", env=env, timeout=900,
+        )  # fmt: skip
+        data = json.loads(result.stdout)
+        run, splits = data["run"], data["splits"]
+        models = run["models"]
+        # 240 frauds over 4-5 UTC days, known 12 h late: enough for a model at the first midnights
+        assert len(models) >= 2 and run["retrain_every_ms"] == 86_400_000
+        parts = [splits[f"part {k + 1}"] for k in range(len(models) + 1)]
+        assert set(splits) == {"all", *(f"part {k + 1}" for k in range(len(parts)))}
+        # the parts tile the corpus; the first runs rules only, each later one the model of its boundary
+        assert parts[0]["rows"][0] == 0 and parts[-1]["rows"][1] == 12000 == data["transactions"]
+        assert all(a["rows"][1] == b["rows"][0] for a, b in itertools.pairwise(parts))
+        assert parts[0]["model"] is None and parts[0]["from_ms"] is None
+        for part, model in zip(parts[1:], models, strict=True):
+            assert part["model"] == model["path"] and part["from_ms"] == model["cutoff_ms"]
+        assert run["judged"] == "all" and data["recall"] == splits["all"]["recall"]
+        labels = pq.read_table(tmp_path / "labels.parquet").to_pylist()
+        tx = pq.read_table(tmp_path / "tx.parquet", columns=["transaction_id", "event_time"]).to_pylist()
+        when = {r["transaction_id"]: r["event_time"].timestamp() * 1000 for r in tx}
+        from pipelines.detect.model import FraudModel
+
+        for model in models:
+            cutoff, delay = model["cutoff_ms"], model["label_delay_ms"]
+            assert delay == 12 * 3_600_000
+            # what it could know at its cutoff: the frauds labelled by then, among the rows of the last 12 h before
+            expected = sum(
+                1
+                for r in labels
+                if r["is_fraud"] and r["label_time"].timestamp() * 1000 <= cutoff
+                and when[r["transaction_id"]] <= cutoff - delay
+            )  # fmt: skip
+            saved = FraudModel.load(model["path"])
+            assert model["frauds"] == saved.summary["frauds"] == expected >= 20
+        assert [m["frauds"] for m in models] == sorted(m["frauds"] for m in models)
     finally:
         _drop_runs(state)

@@ -142,3 +142,29 @@ def test_the_report_is_self_contained_and_renders_in_chromium(tmp_path: Path) ->
     report.write_text(html)
     shot = screenshot(report, tmp_path / "report.png", height=2000)
     assert shot.exists() and shot.stat().st_size > 20_000  # a page with tables and charts, not a blank one
+
+
+def test_a_retrained_run_names_each_part_by_the_model_of_its_time() -> None:
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ={})
+    figures = compute_figures(_outcomes(STREAM), k=2)
+
+    def part(name: str, model: str | None, from_ms: int | None) -> PartResult:
+        return PartResult(
+            name=name, rows=(0, len(STREAM)), produced=len(STREAM), labels_fed=5, produce_s=0.1, drain_s=1.0,
+            barriers=0, barrier_s=0.0, ingest={}, model=model, figures=figures, from_ms=from_ms,
+        )  # fmt: skip
+
+    day = 1_764_547_200_000  # 2025-12-01
+    result = EvaluationResult(
+        run_id="cafe0124", transactions_file="tx.parquet", labels_file="labels.parquet", corpus_rows=len(STREAM),
+        corpus_frauds=5, unmatched_labels=0, label_delay_ms=None, rate=5000.0, names=new_names(settings, "cafe0124"),
+        parts=[part("all", "m-2.bin", None), part("part 1", None, None), part("part 2", "m-1.bin", day),
+               part("part 3", "m-2.bin", day + 86_400_000)],
+        figures=figures, judged="all", retrain_every_ms=7 * 86_400_000,
+        models=[{"cutoff_ms": day}, {"cutoff_ms": day + 86_400_000}],
+    )  # fmt: skip
+    html = render_report(result)
+    assert "all (retrained)" in html and "part 1 (as configured)" in html
+    assert "part 2 (model from 2025-12-01)" in html and "part 3 (model from 2025-12-02)" in html
+    assert "2 model(s), retrained at least every" in html and "7.0 d;" in html
+    assert result.to_dict()["run"]["models"] == result.models

@@ -15,7 +15,7 @@ import numpy as np
 from jinja2 import ChoiceLoader, Environment, PackageLoader
 
 from pipelines.fraudeval.metrics import Figures
-from pipelines.fraudeval.run import EvaluationResult
+from pipelines.fraudeval.run import EvaluationResult, PartResult
 from pipelines.reports import environment
 
 # Upper bounds (ms) and labels of the first-alert delay histogram's buckets.
@@ -52,7 +52,9 @@ def duration(ms: float | None) -> str:
         return f"{ms:,.0f} ms"
     if ms < 3_600_000:
         return f"{ms / 1000:,.1f} s"
-    return f"{ms / 3_600_000:,.1f} h"
+    if ms < 172_800_000:
+        return f"{ms / 3_600_000:,.1f} h"
+    return f"{ms / 86_400_000:,.1f} d"
 
 
 def figure_rows(figures: list[Figures]) -> list[tuple[str, list[str]]]:
@@ -115,6 +117,8 @@ def render_report(result: EvaluationResult) -> str:
             figures=f,
             cards=cards,
             parts=parts,
+            part_labels=[_part_label(p, result) for p in parts],
+            retrain_every=duration(result.retrain_every_ms) if result.retrain_every_ms else "",
             rows=figure_rows([p.figures for p in parts if p.figures is not None]),
             scenarios=[
                 (
@@ -138,3 +142,12 @@ def render_report(result: EvaluationResult) -> str:
             generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
         )
     )
+
+
+def _part_label(part: PartResult, result: EvaluationResult) -> str:
+    if part.name == "all" and result.models:
+        return "all (retrained)"
+    if part.from_ms is not None:
+        since = datetime.fromtimestamp(part.from_ms / 1000, UTC).strftime("%Y-%m-%d")
+        return f"{part.name} (model from {since})"
+    return f"{part.name} (model)" if part.model else f"{part.name} (as configured)"
