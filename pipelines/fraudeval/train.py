@@ -132,7 +132,7 @@ def replay_partitions(
             if end <= done[k]:
                 continue
             if known is not None and det.merchant_risk_as_of_ms != int(as_of):
-                det.set_merchant_risk(known, int(as_of))
+                known.apply(det, int(as_of))
             for c in range(done[k], end, CHUNK_ROWS):
                 scored = det.process(rows.slice(c, min(CHUNK_ROWS, end - c)), emit=False, features=True)
                 assert scored.features is not None

@@ -56,7 +56,7 @@ if TYPE_CHECKING:
     from pipelines.detect.alerts import AlertSink
     from pipelines.detect.engine import Detector
     from pipelines.detect.labels import LabelConsumer
-    from pipelines.detect.merchant_risk import MerchantRisk
+    from pipelines.detect.merchant_risk import MerchantRisk, Risk
     from pipelines.detect.snapshot import SnapshotStore
     from pipelines.ingest.models import WorkerStatus
     from pipelines.ingest.state import Range
@@ -164,7 +164,7 @@ class DetectionStage:
         self.snapshot_offset: dict[int, int] = {}
         self.snapshot_at: dict[int, float] = {}
         self.risk_step: dict[int, int] = {}  # partition → the merchant-risk step its detector is at
-        self.risk_map: dict[int, dict[str, float]] = {}  # partition → the risk its detector has
+        self.risk_map: dict[int, Risk] = {}  # partition → the risk its detector has
         # Per partition, (last offset of the chunk, rows) awaiting their batch's insert. The worker
         # may score the next batch while this one is inserted: after_insert takes only the chunks
         # its ranges cover.
@@ -377,6 +377,8 @@ class DetectionStage:
         self, p: int, det: Detector, rows: pa.Table, *, emit: bool
     ) -> tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]:
         """`det.process` over `rows`, switching merchant risk at each event-time step the watermark reaches."""
+        from pipelines.detect.merchant_risk import NO_RISK
+
         out = _Scores()
         if not emit:  # warm-up: no score is kept, so risk only matters from the end on
             det.process(rows, emit=False)
@@ -385,21 +387,21 @@ class DetectionStage:
         watermark = np.maximum.accumulate(np.maximum(event, det.watermark_ms or np.iinfo(np.int64).min))
         steps = (watermark // self.risk.step_ms) * self.risk.step_ms
         starts = [0, *(np.flatnonzero(np.diff(steps)) + 1).tolist()]
-        # Cut the rows only where the risk itself changes: a step with the same risk (no new
-        # labels, the usual case) costs no extra process() call.
-        segments: list[tuple[int, int, dict[str, float]]] = []
+        # Cut the rows only where the risk itself changes: a step with the same risk (no labels
+        # known yet, or a batch within one step, the usual case live) costs no extra process() call.
+        segments: list[tuple[int, int, Risk]] = []
         current = self.risk_map.get(p)
         for a in starts:
             step = int(steps[a])
             risk = self.risk.as_of(step) if step != self.risk_step[p] else current
             self.risk_step[p] = step
             if risk != current or not segments:
-                segments.append((a, step, risk if risk is not None else {}))
+                segments.append((a, step, risk if risk is not None else NO_RISK))
                 current = risk
         bounds = [a for a, _, _ in segments[1:]] + [len(steps)]
         for (a, step, risk), b in zip(segments, bounds, strict=True):
             if risk is not self.risk_map.get(p):
-                det.set_merchant_risk(risk, step)
+                risk.apply(det, step)
                 self.risk_map[p] = risk
             part = rows.slice(a, b - a) if (a, b) != (0, len(steps)) else rows
             scored = det.process(part, emit=True)
@@ -409,7 +411,7 @@ class DetectionStage:
     def _set_risk(self, p: int, det: Detector, step: int, *, refresh: bool = False) -> None:
         risk = self.risk.as_of(step, refresh=refresh)
         if risk != self.risk_map.get(p):
-            det.set_merchant_risk(risk, step)
+            risk.apply(det, step)
         self.risk_map[p] = risk
         self.risk_step[p] = step
 
