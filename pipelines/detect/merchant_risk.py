@@ -195,4 +195,3 @@ class MerchantRisk:
                 if n:
                     out[name][str(merchant)] = f / n
         return out
-
