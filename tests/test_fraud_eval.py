@@ -186,15 +186,21 @@ def test_alerts_do_not_depend_on_the_replay_speed(tmp_path: Path) -> None:
         _drop_runs(state)
 
 
-@pytest.mark.long
-def test_train_days_trains_on_the_first_days_and_judges_the_rest(tmp_path: Path) -> None:
+def _generated(tmp_path: Path, *, seed: int) -> tuple[Path, dict[str, str]]:
+    """12,000 labelled transactions over 4 days (2 % fraud, labels 12 h late) in tmp_path; the state dir and env."""
     state = tmp_path / "state"
     env = {"NOVA_STACK__STATE_DIR": str(state)}
     run_nova(
-        "generate", "--count", "12000", "--fraud-rate", "0.02", "--spread-days", "4", "--seed", "3",
+        "generate", "--count", "12000", "--fraud-rate", "0.02", "--spread-days", "4", "--seed", str(seed),
         "--label-delay", "12h", "--labels-out", str(tmp_path / "labels.parquet"), "--out", str(tmp_path / "tx.parquet"),
         env=env,
     )  # fmt: skip
+    return state, env
+
+
+@pytest.mark.long
+def test_train_days_trains_on_the_first_days_and_judges_the_rest(tmp_path: Path) -> None:
+    state, env = _generated(tmp_path, seed=3)
     try:
         result = run_nova(
             "fraud", "evaluate", "--transactions", str(tmp_path / "tx.parquet"),
@@ -220,13 +226,7 @@ def test_train_days_trains_on_the_first_days_and_judges_the_rest(tmp_path: Path)
 
 
 def test_labels_retrain_the_model_as_they_arrive_and_the_whole_corpus_is_judged(tmp_path: Path) -> None:
-    state = tmp_path / "state"
-    env = {"NOVA_STACK__STATE_DIR": str(state)}
-    run_nova(
-        "generate", "--count", "12000", "--fraud-rate", "0.02", "--spread-days", "4", "--seed", "5",
-        "--label-delay", "12h", "--labels-out", str(tmp_path / "labels.parquet"), "--out", str(tmp_path / "tx.parquet"),
-        env=env,
-    )  # fmt: skip
+    state, env = _generated(tmp_path, seed=5)
     try:
         result = run_nova(
             "fraud", "evaluate", "--transactions", str(tmp_path / "tx.parquet"), "--labels",
