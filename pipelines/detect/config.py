@@ -127,7 +127,7 @@ class CompromisedMerchant(Rule):
 
     weight: float = Field(0.8, ge=0, le=1)
     ramp_from: float = 0.02
-    threshold: float = 0.2
+    threshold: float = 0.4
 
 
 class NewDevice(Rule):
