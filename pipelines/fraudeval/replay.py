@@ -135,13 +135,17 @@ def produce_corpus(
     on_produced: OnProduced | None = None,
     barrier: Barrier | None = None,
     step_ms: int = 0,
+    from_ms: int | None = None,
+    until_ms: int | None = None,
 ) -> Produced:
     """Produce transactions [rows) of the corpus, each label just before its place; see the module docstring.
 
     `feed_rows`/`feed_at_ms` are the whole corpus's labels (`label_feed`): this part sends those
     whose place is inside it, and the last part also those known after the last transaction.
     Paced at `rate` transactions/s when given. With `barrier` and `step_ms`, see the module docstring;
-    `Produced.barriers` counts the waits.
+    `Produced.barriers` counts the waits. A part that ends at an instant (`until_ms`, where a model
+    is trained on what is known by then) also sends, after its last transaction, the labels known
+    by that instant whose place is later; the part from that instant (`from_ms`) skips them.
     """
     registry = open_registry(settings)
     tx_id, _, tx_schema = registry.latest(settings.pipeline.subject)
@@ -155,7 +159,11 @@ def produce_corpus(
     # a label goes right before the first transaction whose event time is >= its label time
     place = np.searchsorted(corpus.event_time_ms, feed_at_ms, side="left")
     label = int(np.searchsorted(place, start, side="left"))
+    if from_ms is not None:
+        label = max(label, int(np.searchsorted(feed_at_ms, from_ms, side="right")))
     end_label = len(place) if stop >= table.num_rows else int(np.searchsorted(place, stop, side="left"))
+    if until_ms is not None:
+        end_label = max(end_label, int(np.searchsorted(feed_at_ms, until_ms, side="right")))
     sender = _Sender(settings)
 
     def send_labels(which: np.ndarray, at_ms: np.ndarray) -> None:

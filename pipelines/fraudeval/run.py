@@ -309,17 +309,22 @@ def evaluate(
                     )
                     result.model_trained, result.train_label_delay_ms = str(model_path), delay
                     es = eval_settings(settings, names, merchants=merchants, model=model_path)
-                last = starts[k + 1][0] if k + 1 < len(starts) else len(corpus)
+                last, until = starts[k + 1] if k + 1 < len(starts) else (len(corpus), None)
                 name = "all" if len(starts) == 1 else f"part {k + 1}"
-                part = _run_part(es, names, corpus, name, (first, last), feed_rows, feed_at, rate, on_progress)
+                part = _run_part(
+                    es, names, corpus, name, (first, last), feed_rows, feed_at, rate, on_progress,
+                    instants=(cutoff, until),
+                )  # fmt: skip
                 part.from_ms = cutoff
                 result.parts.append(part)
             judged_parts = [] if len(starts) == 1 else [("all", (0, len(corpus)))]
         else:
             first, cutoff_ms = split
-            result.parts.append(
-                _run_part(es, names, corpus, "train", (0, first), feed_rows, feed_at, rate, on_progress)
-            )
+            train = _run_part(
+                es, names, corpus, "train", (0, first), feed_rows, feed_at, rate, on_progress,
+                instants=(None, cutoff_ms),
+            )  # fmt: skip
+            result.parts.append(train)
             model_path = names.run_dir / "model.bin"
             if on_progress:
                 on_progress("train model", 0, 1)
@@ -329,9 +334,11 @@ def evaluate(
                 on_progress("train model", 1, 1)
             result.model_trained = str(model_path)
             es = eval_settings(settings, names, merchants=merchants, model=model_path)
-            result.parts.append(
-                _run_part(es, names, corpus, "test", (first, len(corpus)), feed_rows, feed_at, rate, on_progress)
-            )
+            test = _run_part(
+                es, names, corpus, "test", (first, len(corpus)), feed_rows, feed_at, rate, on_progress,
+                instants=(cutoff_ms, None),
+            )  # fmt: skip
+            result.parts.append(test)
             judged_parts = []
         outcomes = _read_outcomes(es, names, corpus)
         for part in result.parts:
@@ -476,8 +483,14 @@ def _run_part(
     feed_at: np.ndarray,
     rate: float | None,
     on_progress: OnProgress | None,
+    *,
+    instants: tuple[int | None, int | None] = (None, None),
 ) -> PartResult:
-    """Start the workers, produce the part's rows, wait until everything is committed, stop them."""
+    """Start the workers, produce the part's rows, wait until everything is committed, stop them.
+
+    `instants`: the event times the part starts and ends at, where models are trained (None: the
+    corpus's start or end); the labels known by the end instant are fed within the part.
+    """
     from pipelines.ingest import run_ingest
     from pipelines.kafka.offsets import OffsetWatcher
 
@@ -525,6 +538,8 @@ def _run_part(
             on_produced=produced,
             barrier=barrier,
             step_ms=int(es.detection.merchant_risk_step_s * 1000),
+            from_ms=instants[0],
+            until_ms=instants[1],
         )
         drain_started = time.monotonic()
         _wait_drained([watcher, labels_watcher], stop, outcome, on_progress=on_progress, stage=f"{name}: ingest")
