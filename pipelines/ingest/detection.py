@@ -18,16 +18,18 @@ One `Detector` per assigned partition, fed that partition's valid rows in offset
   between two chunks (it then reflects exactly the rows up to the partition's position) and saved
   once that offset is stored, so a snapshot never reflects a row that is not in the table.
 - **assign**: restore the newest snapshot (or start empty, and rebuild from the partition's rows
-  within the detector's longest window) and replay the stored rows after its offset from
-  ClickHouse. Rows before the worker's resume offset had their alerts written (the worker records
-  `committed` only after `after_insert`): replayed with emit=False. Rows from the resume offset on
-  belong to a `pending` range the previous owner may have stored without alerting: replayed with
-  emit=True, and the alerts not in the table yet are written (their `produced_at` is the row's
-  insert time, as the Kafka timestamp is not stored).
+  within the detector's longest window) and replay, with emit=False, the stored rows after its
+  offset and before the worker's resume offset: those are committed, so their alerts are out (the
+  worker records `committed` only after `after_insert`). Rows from the resume offset on belong to
+  a `pending` range that may be visible only in part (a stalled previous owner's insert can land
+  while this worker reads): they are never taken from the table. Kafka redelivers them, and the
+  worker passes the ones already stored to score() too, without inserting them again; their
+  alerts go out in after_insert (the alerts table collapses copies, the topic is at-least-once).
 - **revoke**: snapshot the partitions whose state is exactly their stored rows, drop the detectors.
 
-So a kill -9 anywhere leaves the alerts of a run without kills: each row is scored once by a
-detector whose state is the same deterministic function of the partition's earlier rows.
+So a kill -9 or a stall anywhere leaves the alerts of a run without them: each row is scored
+once by a detector whose state is the same deterministic function of the partition's earlier
+rows.
 
 Merchant risk (`pipelines.detect.merchant_risk`) changes at whole steps of event time, at the
 first row whose watermark reaches the step, so where a partition's stream sees new risk does not
@@ -179,7 +181,6 @@ class DetectionStage:
         self._last_refresh = time.monotonic()
         self._last_status = 0.0
         self.alerts = 0
-        self.recovered_alerts = 0
 
     def _start(self) -> None:
         """Kafka clients, once the worker is running (the first assignment)."""
@@ -340,36 +341,33 @@ class DetectionStage:
         self.snapshot_offset[p] = position
         self.snapshot_at[p] = 0.0  # due at the first stored batch: the next owner then replays little
         self.risk_step[p] = -1
-        replay = self._stored_rows(p, position, rebuild=snap is None)
+        # Only rows before `resume` (committed: their alerts are out). A `pending` range may be visible
+        # in part, its previous owner's insert still landing: Kafka redelivers it and score() takes it.
+        replay = self._stored_rows(p, position, resume, rebuild=snap is None)
         if replay.num_rows:
-            offsets = replay["_offset"].to_numpy().astype(np.int64)
-            emit_from = int(np.searchsorted(offsets, resume)) if resume >= 0 else len(offsets)
-            if emit_from:
-                self._process(p, det, replay.slice(0, emit_from), emit=False)
-            if emit_from < len(offsets):
-                tail = replay.slice(emit_from)
-                scores = self._process(p, det, tail, emit=True)
-                self._recover_alerts(tail, scores)
-                if self.ds.record_scores:  # the previous owner may have died before writing them
-                    stored_ms = tail["_ingested_at"].cast(pa.int64()).to_numpy()
-                    self.sink.write_scores(_score_rows(tail, scores[0], scores[2], stored_ms))
-            self.position[p] = int(offsets[-1])
+            self._process(p, det, replay, emit=False)
+            self.position[p] = int(replay["_offset"][-1].as_py())
             self.stored[p] = self.position[p]
         self._set_risk(p, det, self.risk.step_of(det.watermark_ms) if det.watermark_ms else 0)
 
-    def _stored_rows(self, p: int, after: int, *, rebuild: bool) -> pa.Table:
-        """The partition's stored rows after offset `after`, in offset order (a rebuild: within the longest window)."""
+    def _stored_rows(self, p: int, after: int, before: int, *, rebuild: bool) -> pa.Table:
+        """The partition's stored rows in (`after`, `before`) (`before` < 0: no bound), in offset order.
+
+        A rebuild reads only the rows within the detector's longest window.
+        """
         cols = ", ".join(BATCH_TYPES)
         where = "_topic = %(t)s AND _partition = %(p)s AND _offset > %(after)s"
+        if before >= 0:
+            where += " AND _offset < %(before)s"
         if rebuild:
             where += (
                 f" AND event_time >= (SELECT max(event_time) FROM {self.transactions} "
                 f"WHERE _topic = %(t)s AND _partition = %(p)s) - INTERVAL {LONGEST_WINDOW_MS // 1000} SECOND"
             )
         table = self.store.query_arrow(
-            f"SELECT {cols}, risk_score, _offset, _ingested_at FROM {self.transactions} WHERE {where} "
+            f"SELECT {cols}, _offset FROM {self.transactions} WHERE {where} "
             "ORDER BY _offset LIMIT 1 BY _offset",
-            {"t": self.topic, "p": p, "after": after},
+            {"t": self.topic, "p": p, "after": after, "before": before},
         )
         return _conform(table)
 
@@ -446,36 +444,6 @@ class DetectionStage:
             alerts = _alert_rows(found, score[picked], [rules[i] for i in picked], stamps[picked], self.model_version)
             self.pending.setdefault(p, []).append((last, alerts))
 
-    def _recover_alerts(self, rows: pa.Table, scores: tuple[np.ndarray, np.ndarray, list[tuple[str, ...]]]) -> None:
-        """Alerts of a `pending` range re-read after a crash: write the ones the table lacks."""
-        score, alert, rules = scores
-        if not alert.any():
-            return
-        picked = np.flatnonzero(alert)
-        found = rows.take(pa.array(picked))
-        ids = found["transaction_id"].to_pylist()
-        present = {
-            str(r[0])
-            for r in self.store.query_rows(
-                f"SELECT transaction_id FROM {self.sink.alerts} WHERE transaction_id IN %(ids)s", {"ids": tuple(ids)}
-            )
-        }
-        keep = np.array([i not in present for i in ids], dtype=bool)
-        if not keep.any():
-            return
-        stamps = found["_ingested_at"].cast(pa.int64()).to_numpy()
-        table = _alert_rows(found, score[picked], [rules[i] for i in picked], stamps, self.model_version)
-        table = table.filter(pa.array(keep))
-        self.sink.write(
-            table.set_column(
-                table.schema.get_field_index("alerted_at"),
-                "alerted_at",
-                pa.array(np.full(table.num_rows, int(time.time() * 1000)), MS),
-            )
-        )
-        self.alerts += table.num_rows
-        self.recovered_alerts += table.num_rows
-
     def _save(self, p: int, offset: int, data: bytes) -> None:
         if offset > self.snapshot_offset.get(p, -1):
             self.snapshots.save(p, offset, data, self.worker_id)
@@ -511,7 +479,7 @@ def _conform(table: pa.Table) -> pa.Table:
         column = table[name]
         if pa.types.is_dictionary(column.type):
             column = column.cast(column.type.value_type)
-        want = BATCH_TYPES.get(name) or (MS if name == "_ingested_at" else None)
+        want = BATCH_TYPES.get(name)
         if want is not None and column.type != want:
             column = column.cast(want)
         cols[name] = column
