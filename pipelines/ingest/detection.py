@@ -29,7 +29,8 @@ One `Detector` per assigned partition, fed that partition's valid rows in offset
 
 So a kill -9 or a stall anywhere leaves the alerts of a run without them: each row is scored
 once by a detector whose state is the same deterministic function of the partition's earlier
-rows.
+rows. "The same rows" means the rows as stored: a table whose event_time keeps whole seconds
+(DateTime, ClickHouse before 20.1) has the stream's rows scored with event_time truncated like it.
 
 Merchant risk (`pipelines.detect.merchant_risk`) changes at whole steps of event time, at the
 first row whose watermark reaches the step, so where a partition's stream sees new risk does not
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipelines.errors import StoreError
 from pipelines.ingest.latency import LatencyHistogram
@@ -181,11 +183,23 @@ class DetectionStage:
         self._last_refresh = time.monotonic()
         self._last_status = 0.0
         self.alerts = 0
+        self.event_digits = 3  # decimal digits of a second the table keeps of event_time (see _start)
 
     def _start(self) -> None:
-        """Kafka clients, once the worker is running (the first assignment)."""
+        """Kafka clients and the table's event-time precision, once the worker is running (the first assignment)."""
         if self._producer is not None:
             return
+        from pipelines.clickhouse.chtypes import datetime_parts
+
+        db, table = self.transactions.split(".", 1)
+        found = self.store.query_rows(
+            "SELECT type FROM system.columns WHERE database = %(db)s AND table = %(t)s AND name = 'event_time'",
+            {"db": db, "t": table},
+        )
+        parts = datetime_parts(str(found[0][0])) if found else None
+        # A server before 20.1 stores DateTime (seconds): the detector must see the row as stored,
+        # or a successor replaying it from the table would build a different state than Kafka's rows did.
+        self.event_digits = min(3, parts[0]) if parts is not None else 3
         from pipelines import kafka
         from pipelines.contracts.codec import Decoder, Encoder
         from pipelines.contracts.registry import open_registry
@@ -244,6 +258,8 @@ class DetectionStage:
         """
         if not self.enabled or not table.num_rows:
             return
+        if self.event_digits < 3:
+            table = _event_time_as_stored(table, self.event_digits)
         parts = table["_partition"].to_numpy()
         offsets = table["_offset"].to_numpy().astype(np.int64)
         for p in np.unique(parts).tolist():
@@ -470,6 +486,15 @@ def _kafka_ms(
     for i in which.tolist():
         out[i] = messages[int(picked[i])].timestamp()[1]
     return out
+
+
+def _event_time_as_stored(table: pa.Table, digits: int) -> pa.Table:
+    """`event_time` truncated to 10**-digits s, as a DateTime/DateTime64(digits) column stores it."""
+    from pipelines.clickhouse.chtypes import ticks
+
+    scale = 10 ** (3 - digits)
+    ms = pc.multiply(ticks(table["event_time"].cast(MS), digits), scale).cast(MS)
+    return table.set_column(table.schema.get_field_index("event_time"), "event_time", ms)
 
 
 def _conform(table: pa.Table) -> pa.Table:
