@@ -296,6 +296,8 @@ def test_alerts_with_kill_9s_equal_alerts_without(
     alerts, scores = killed.outcome()
     assert alerts == expected_alerts, f"{kills} kills changed the alerts"
     assert scores == expected_scores
+    # The topic is at-least-once: every alert on it, whatever the kills interrupted (ids, not copies).
+    assert {m["transaction_id"] for m in killed.alert_messages()} == set(expected_alerts)
 
 
 @pytest.mark.parametrize("backend", ["embedded", pytest.param("server", marks=pytest.mark.server)])
@@ -331,6 +333,80 @@ def test_a_successor_replaying_the_table_scores_like_one_uninterrupted_run(
 def _diff(expected: dict[str, Any], got: dict[str, Any]) -> str:
     keys = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
     return f"{len(keys)} differ, e.g. " + "; ".join(f"{k}: {expected.get(k)} → {got.get(k)}" for k in keys[:8])
+
+
+def _report_in(log: Path) -> dict[str, Any]:
+    """The summary a `nova ingest --json` printed when it stopped (the log's last JSON object)."""
+    text = log.read_text(errors="replace")
+    start = text.rfind('{\n  "events"')
+    assert start >= 0, text[-2000:]
+    return json.loads(text[start : text.index("\n}", start) + 2])
+
+
+STALL_S = 7.0  # past make_env's 3 s session: the group hands the stalled worker's partitions on
+
+
+@pytest.mark.server
+@pytest.mark.slow
+def test_alerts_with_stalled_workers_and_rebalances_equal_alerts_without(
+    tmp_path: Path, corpus_files: tuple[Path, Path], request: pytest.FixtureRequest
+) -> None:
+    """SIGSTOP a worker past its session while a second `nova ingest` joins (a rebalance), SIGCONT it.
+
+    The stalled worker wakes up with a batch scored and maybe inserted whose partitions have a new
+    owner: its alerts must neither be lost nor differ from a calm run's. clickhouse-server only (the
+    embedded store admits one process).
+    """
+    calm = DetectEnv(make_env(tmp_path / "calm", "server"))
+    stalled = DetectEnv(make_env(tmp_path / "stalled", "server"))
+    request.addfinalizer(calm.cleanup)
+    request.addfinalizer(stalled.cleanup)
+
+    _produce_corpus(calm, corpus_files, rate=None)
+    assert calm.ingest()["events"] == KILL_EVENTS
+    expected_alerts, expected_scores = calm.outcome()
+    assert len(expected_alerts) > 50
+
+    producer = threading.Thread(target=_produce_corpus, args=(stalled, corpus_files), kwargs={"rate": 400.0})
+    producer.start()
+    logs = [tmp_path / "ingest-0.log"]
+    live = [stalled.pe.spawn("ingest", "--quiet", "--json", log=logs[0])]
+    seed = int(os.environ.get("STALL_TEST_SEED") or random.SystemRandom().randrange(1 << 30))
+    rng = random.Random(seed)
+    stalls = 0
+    time.sleep(3.0)
+    while producer.is_alive() or stalls < 2:
+        pids = [pid for proc in live for pid in worker_pids(psutil.Process(proc.pid))]
+        assert pids, "no ingest worker running"
+        victim = rng.choice(pids)
+        os.kill(victim, signal.SIGSTOP)
+        logs.append(tmp_path / f"ingest-{len(logs)}.log")
+        live.append(stalled.pe.spawn("ingest", "--quiet", "--json", log=logs[-1]))
+        time.sleep(STALL_S)
+        os.kill(victim, signal.SIGCONT)
+        stalls += 1
+        time.sleep(rng.uniform(1.0, 3.0))
+        if len(live) > 2:  # the oldest leaves gracefully: one more rebalance
+            oldest = live.pop(0)
+            oldest.send_signal(signal.SIGTERM)
+            assert oldest.wait(60) == 0
+        assert stalls < 8, "the producer did not finish"
+    producer.join()
+    for proc in live:
+        proc.send_signal(signal.SIGTERM)
+    for proc in live:
+        assert proc.wait(60) == 0
+    stalled.ingest()
+    reports = [_report_in(log) for log in logs]
+    print(f"seed {seed}: {stalls} stalls, per process {[(r['events'], r['fenced_partitions']) for r in reports]}")
+    assert sum(r["events"] for r in reports[1:]) > 0, "partitions moved to a process started during a stall"
+
+    n, unique = stalled.pe.counts()
+    assert (n, unique) == (KILL_EVENTS, KILL_EVENTS)
+    alerts, scores = stalled.outcome()
+    assert alerts == expected_alerts, f"{stalls} stalls changed the alerts: {_diff(expected_alerts, alerts)}"
+    assert scores == expected_scores, f"{stalls} stalls changed the scores: {_diff(expected_scores, scores)}"
+    assert {m["transaction_id"] for m in stalled.alert_messages()} == set(expected_alerts)
 
 
 def test_late_labels_raise_merchant_risk_and_alert_later_transactions_only(det: DetectEnv) -> None:
