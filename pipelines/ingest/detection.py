@@ -201,15 +201,14 @@ class DetectionStage:
         # or a successor replaying it from the table would build a different state than Kafka's rows did.
         self.event_digits = min(3, parts[0]) if parts is not None else 3
         from pipelines import kafka
-        from pipelines.contracts.codec import Decoder, Encoder
+        from pipelines.contracts.codec import Decoder
         from pipelines.contracts.registry import open_registry
         from pipelines.detect.labels import LabelConsumer
 
         registry = open_registry(self.settings)
         latest = registry.latest(ALERT_SUBJECT)  # one record schema, whatever the topic is called
         self._producer = kafka.producer(self.settings, **{"client.id": f"nova-alerts-{self.worker_id}"})
-        self.sink.producer = self._producer
-        self.sink.encoder = Encoder(latest.id, latest.schema.raw)
+        self.sink.connect(self._producer, latest.id, latest.schema.raw)
         self.labels = LabelConsumer(
             self.settings,
             self.store,
@@ -381,8 +380,7 @@ class DetectionStage:
                 f"WHERE _topic = %(t)s AND _partition = %(p)s) - INTERVAL {LONGEST_WINDOW_MS // 1000} SECOND"
             )
         table = self.store.query_arrow(
-            f"SELECT {cols}, _offset FROM {self.transactions} WHERE {where} "
-            "ORDER BY _offset LIMIT 1 BY _offset",
+            f"SELECT {cols}, _offset FROM {self.transactions} WHERE {where} ORDER BY _offset LIMIT 1 BY _offset",
             {"t": self.topic, "p": p, "after": after, "before": before},
         )
         return _conform(table)
