@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from pipelines.contracts.codec import Decoder, Encoder
 from pipelines.contracts.registry.file import FileRegistry
-from pipelines.detect.alerts import ALERT_FIELDS, alert_records
+from pipelines.detect.alerts import ALERT_FIELDS, AlertSink, alert_records
 from pipelines.detect.labels import labels_table
 from pipelines.ingest.detection import ALERT_SUBJECT, _rules_column
 from tests.conftest import REPO
@@ -45,6 +45,21 @@ def test_alert_records_round_trip_through_the_registered_alert_schema() -> None:
     assert decoded[0]["event_time"] == 1_700_000_000_123 and decoded[0]["produced_at"] == 1_700_000_000_500
     assert abs(decoded[1]["score"] - 0.75) < 1e-6
     json.dumps(decoded)  # plain values only (ms integers, strings)
+
+
+def test_alert_values_written_column_wise_equal_the_codecs_byte_for_byte() -> None:
+    registry = FileRegistry(REPO / "configs" / "schemas")
+    latest = registry.latest(ALERT_SUBJECT)
+    sink = AlertSink(None, database="d", producer=None, topic="t", encoder=None)  # type: ignore[arg-type]
+    sink.connect(None, latest.id, latest.schema.raw)  # type: ignore[arg-type]
+    assert sink.columnar is not None, "the Alert schema is one the columnar writer covers"
+    base = _alerts()
+    more = base.to_pylist() * 3
+    more[2].update(merchant_id="Café Zürich ☕", rules=["velocity_burst", "amount_outlier", "new_device"])
+    more[3].update(card_id="c" * 300, rules=None, model_version="m" * 130)
+    more[5].update(score=1.0, event_time=0)
+    for table in (base, pa.Table.from_pylist(more, schema=ALERT_FIELDS)):
+        assert sink.encode(table) == sink.encoder.encode_batch(alert_records(table))  # type: ignore[union-attr]
 
 
 def test_label_records_become_fraud_labels_rows() -> None:

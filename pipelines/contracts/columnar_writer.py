@@ -5,8 +5,9 @@ per-event Python work left to a producer is the ``produce()`` call. The codec's 
 calls fastavro once per record (~10 µs each); this is ~10x faster, which the generator and the load
 test's producers need to reach the case study's peak. It covers the types a flat record of
 primitives uses (string, long/int, double/float, boolean, enum, and unions of null with one of
-those); ``supports()`` says whether a schema qualifies, and callers fall back to the codec
-otherwise. A test checks it byte-for-byte against the codec.
+those) and arrays of strings (the alerts' rule names: each distinct list is encoded once);
+``supports()`` says whether a schema qualifies, and callers fall back to the codec otherwise.
+Tests check it byte-for-byte against the codec.
 
 Its input is a mapping of field name to ``Column``: a plain numpy array, or one of the compact
 forms a generator produces cheaply — ``Coded`` (indices into a vocabulary, encoded once per
@@ -104,7 +105,7 @@ class _FieldPlan(NamedTuple):
     """How one field of the writer schema is written."""
 
     name: str
-    kind: str  # an Avro primitive type name, or "enum"
+    kind: str  # an Avro primitive type name, "enum", or "array<string>"
     nullable: bool  # a [null, T] union
     symbols: dict[str, int] | None  # an enum's symbol → index
     default: object  # the schema default, or _NO_DEFAULT
@@ -147,6 +148,9 @@ class ColumnarEncoder:
             if isinstance(t, dict) and t.get("type") == "enum":
                 symbols = {s: i for i, s in enumerate(t["symbols"])}
                 plan.append(_FieldPlan(f["name"], "enum", nullable, symbols, f.get("default", _NO_DEFAULT)))
+                continue
+            if isinstance(t, dict) and t.get("type") == "array" and t.get("items") in ("string", {"type": "string"}):
+                plan.append(_FieldPlan(f["name"], _STRING_ARRAY, nullable, None, f.get("default", _NO_DEFAULT)))
                 continue
             if isinstance(t, dict) and set(t) == {"type"}:
                 t = t["type"]
@@ -264,7 +268,41 @@ class ColumnarEncoder:
             return [(np.asarray(column, dtype="<f4").view(np.uint8).reshape(n, 4), np.full(n, 4))]
         if kind == "boolean":
             return [(np.asarray(column, dtype=bool).astype(np.uint8)[:, None], np.ones(n, dtype=np.int64))]
+        if kind == _STRING_ARRAY:
+            return [_string_arrays(column)]
         raise ValueError(f"unsupported Avro type {kind}")
+
+
+_STRING_ARRAY = "array<string>"
+
+
+def _string_arrays(column: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lists of strings as Avro arrays (one block of n items, then the 0 that ends it; [] is just 0).
+
+    Each distinct list is encoded once and rows look it up: alert rules repeat a few combinations.
+    """
+    codes = np.empty(len(column), dtype=np.int64)
+    distinct: dict[tuple[str, ...], int] = {}
+    for i, value in enumerate(column.tolist()):
+        codes[i] = distinct.setdefault(tuple(value), len(distinct))
+    encoded = []
+    for items in distinct:
+        out = bytearray()
+        if items:
+            out += _varint_bytes(len(items))
+            for item in items:
+                data = item.encode()
+                out += _varint_bytes(len(data)) + data
+        out.append(0)
+        encoded.append(bytes(out))
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    matrix = np.array(encoded, dtype=f"S{int(lengths.max())}").view(np.uint8).reshape(len(encoded), -1)
+    return matrix[codes], lengths[codes]
+
+
+def _varint_bytes(value: int) -> bytes:
+    matrix, lengths = _varints(np.array([value]))
+    return matrix[0, : int(lengths[0])].tobytes()
 
 
 def _join_rows(parts: Sequence[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:

@@ -14,8 +14,10 @@ Exactly-once as seen by readers, at-least-once on the wire:
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
 from pipelines.errors import KafkaError
@@ -23,6 +25,7 @@ from pipelines.errors import KafkaError
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
     from pipelines.contracts.codec import Encoder
+    from pipelines.contracts.columnar_writer import Column, ColumnarEncoder
     from pipelines.kafka import Message, Producer, VendorError
 
 ALERTS_TABLE = "alerts"
@@ -78,7 +81,29 @@ class AlertSink:
         self.producer = producer
         self.topic = topic
         self.encoder = encoder
+        self.columnar: ColumnarEncoder | None = None
         self._errors: list[str] = []
+
+    def connect(self, producer: Producer, schema_id: int, schema_raw: str) -> None:
+        """The topic's producer and the Alert schema registered under `schema_id`.
+
+        Values are written column-wise (~1 µs an alert against ~10 µs through fastavro records)
+        while the schema has only the types ColumnarEncoder covers; otherwise by the codec.
+        """
+        from pipelines.contracts.codec import Encoder
+        from pipelines.contracts.columnar_writer import ColumnarEncoder
+
+        self.producer = producer
+        self.encoder = Encoder(schema_id, schema_raw)
+        parsed = json.loads(schema_raw)
+        self.columnar = ColumnarEncoder(schema_id, parsed) if ColumnarEncoder.supports(parsed) else None
+
+    def encode(self, alerts: pa.Table) -> list[bytes]:
+        """The alert rows as wire-format Alert values."""
+        if self.columnar is not None:
+            return self.columnar.encode_chunk(AlertColumns(alerts))
+        assert self.encoder is not None
+        return self.encoder.encode_batch(alert_records(alerts))
 
     def write(self, alerts: pa.Table) -> None:
         """Insert then produce (and wait for the broker): when this returns, the alerts are out."""
@@ -87,9 +112,7 @@ class AlertSink:
         self.store.insert_arrow(self.alerts, alerts)
         if self.producer is None or self.encoder is None:
             return
-        for key, value in zip(
-            alerts["card_id"].to_pylist(), self.encoder.encode_batch(alert_records(alerts)), strict=True
-        ):
+        for key, value in zip(alerts["card_id"].to_pylist(), self.encode(alerts), strict=True):
             while True:
                 try:
                     self.producer.produce(self.topic, value=value, key=str(key).encode(), on_delivery=self._delivered)
@@ -108,6 +131,26 @@ class AlertSink:
     def _delivered(self, err: VendorError | None, msg: Message) -> None:
         if err is not None:
             self._errors.append(err.str())
+
+
+class AlertColumns:
+    """Alert rows as the Alert record's columns, what `ColumnarEncoder.encode_chunk` takes."""
+
+    def __init__(self, alerts: pa.Table) -> None:
+        self.n: int = alerts.num_rows
+        version = alerts["model_version"].to_numpy(zero_copy_only=False)
+        cols: dict[str, Column] = {
+            name: alerts[name].to_numpy(zero_copy_only=False) for name in ("transaction_id", "card_id", "merchant_id")
+        }
+        for name in ("event_time", "alerted_at", "produced_at"):
+            cols[name] = alerts[name].cast(pa.int64()).to_numpy()
+        cols["score"] = alerts["score"].to_numpy().astype(np.float64)
+        cols["rules"] = alerts["rules"].fill_null([]).to_numpy(zero_copy_only=False)
+        cols["model_version"] = np.asarray(np.where(version == "", None, version))  # no model: null, not ''
+        self.columns = cols
+
+    def __len__(self) -> int:
+        return self.n
 
 
 def alert_records(alerts: pa.Table) -> list[dict[str, Any]]:
