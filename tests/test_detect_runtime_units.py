@@ -1,15 +1,20 @@
-"""Pure pieces of the detection runtime: alert rows → Avro records, label records → rows, rule columns."""
+"""Pure pieces of the detection runtime: alerts → Avro records, labels → rows, rule columns, snapshot blobs."""
 
 from __future__ import annotations
 
+import base64
 import json
+import zlib
 
 import pyarrow as pa
+import pytest
 
 from pipelines.contracts.codec import Decoder, Encoder
 from pipelines.contracts.registry.file import FileRegistry
 from pipelines.detect.alerts import ALERT_FIELDS, AlertSink, alert_records
 from pipelines.detect.labels import labels_table
+from pipelines.detect.snapshot import decode_blob, encode_blob
+from pipelines.errors import StoreError
 from pipelines.ingest.detection import ALERT_SUBJECT, _rules_column
 from tests.conftest import REPO
 
@@ -80,3 +85,15 @@ def test_rules_column_keeps_each_rows_rules_in_order() -> None:
     assert column.to_pylist() == [list(r) for r in rules]
     assert column.type == pa.list_(pa.string())
     assert len(_rules_column([])) == 0
+
+
+def test_snapshot_blobs_round_trip_read_the_zlib_format_and_refuse_corruption() -> None:
+    data = bytes(range(256)) * 1000 + b"\x00" * 50_000
+    blob = encode_blob(data)
+    assert blob.isascii() and blob.startswith(f"zstd:{len(data)}:")
+    assert decode_blob(blob) == data
+    assert len(blob) < len(data) / 4  # compressed, even after base64
+    assert decode_blob(base64.b64encode(zlib.compress(data, 1)).decode()) == data  # snapshots saved before zstd
+    for corrupt in (blob[:-40], "zstd:12:AAAA", "not base64 at all!", base64.b64encode(b"not zlib").decode()):
+        with pytest.raises(StoreError, match="snapshot is unreadable"):
+            decode_blob(corrupt)

@@ -8,8 +8,11 @@ stalled worker that writes one late does no harm. `config_hash` names the state'
 card state does not depend on the rules or the model): a snapshot of another format is ignored,
 and the state rebuilt by replay.
 
-The blob is zlib-compressed and base64-encoded: String columns come back as text through
-clickhouse-driver, which would not survive arbitrary bytes.
+The blob is zstd-compressed (level 1) and base64-encoded, prefixed `zstd:<raw size>:`: String
+columns come back as text through clickhouse-driver, which would not survive arbitrary bytes.
+zstd rather than zlib: on a 79k-card state (27.7 MB) zlib level 1 took 308 ms for 9.3 MB, zstd
+level 1 79 ms for 8.6 MB, and snapshots were the largest part of what the detector added to a
+catch-up worker. A blob without the prefix is the earlier zlib format, still read.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 
 from pipelines.clickhouse.sql import quote_identifier
+from pipelines.errors import StoreError
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
 
 SNAPSHOT_TABLE = "detect_state"
+_ZSTD = "zstd:"
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ class SnapshotStore:
 
     def save(self, partition: int, offset: int, data: bytes, worker: str) -> int:
         """Store one snapshot; returns its encoded size in bytes."""
-        blob = base64.b64encode(zlib.compress(data, 1)).decode("ascii")
+        blob = encode_blob(data)
         now = int(time.time() * 1000)
         self.store.insert_arrow(
             self.target,
@@ -83,4 +88,22 @@ class SnapshotStore:
         if not rows:
             return None
         offset, blob, saved = rows[0]
-        return Snapshot(partition, int(offset), zlib.decompress(base64.b64decode(str(blob))), int(saved))
+        return Snapshot(partition, int(offset), decode_blob(str(blob)), int(saved))
+
+
+def encode_blob(data: bytes) -> str:
+    """A snapshot's bytes as the text `detect_state` stores (see the module docstring)."""
+    packed = pa.Codec("zstd", compression_level=1).compress(data, asbytes=True)
+    return f"{_ZSTD}{len(data)}:" + base64.b64encode(packed).decode("ascii")
+
+
+def decode_blob(blob: str) -> bytes:
+    """The bytes of `encode_blob`'s text, or of the earlier format (zlib, no prefix); StoreError if corrupt."""
+    try:
+        if not blob.startswith(_ZSTD):
+            return zlib.decompress(base64.b64decode(blob))
+        size, _, text = blob[len(_ZSTD) :].partition(":")
+        out: bytes = pa.Codec("zstd").decompress(base64.b64decode(text), decompressed_size=int(size), asbytes=True)
+    except (ValueError, OSError, zlib.error, pa.ArrowException) as exc:  # binascii.Error: ValueError; zstd: OSError
+        raise StoreError(f"detector snapshot is unreadable ({exc})", hint="rebuild the state by replay") from None
+    return out

@@ -14,7 +14,8 @@ One `Detector` per assigned partition, fed that partition's valid rows in offset
   (`pipelines.detect.alerts`), its scores to `fraud_scores` when `detection.record_scores`. The
   worker may already be scoring the next batch while this one is inserted, so held rows carry
   their last offset and only those the batch's ranges cover go out.
-- **snapshots** (`pipelines.detect.snapshot`): every SNAPSHOT_INTERVAL_S the state is captured
+- **snapshots** (`pipelines.detect.snapshot`): every SNAPSHOT_INTERVAL_S, once the partition has
+  scored SNAPSHOT_ROWS_PER_CARD rows per card of its state since the last, the state is captured
   between two chunks (it then reflects exactly the rows up to the partition's position) and saved
   once that offset is stored, so a snapshot never reflects a row that is not in the table.
 - **assign**: restore the newest snapshot (or start empty, and rebuild from the partition's rows
@@ -67,6 +68,10 @@ if TYPE_CHECKING:
     from pipelines.kafka import Message, Producer
 
 SNAPSHOT_INTERVAL_S = 10.0
+# ...and at least this many rows per card in the state since the last one: a snapshot costs ~2 µs a
+# card (serialise, zstd, insert), so with millions of cards a clock alone would make it the worker's
+# largest cost. This bounds it to ~0.5 µs a row, and a successor's replay to 4 rows a card.
+SNAPSHOT_ROWS_PER_CARD = 4
 ALERT_SUBJECT = "transactions.alerts-value"
 LONGEST_WINDOW_MS = 30 * 86_400_000  # the detector's longest window (features: 1 min … 30 d)
 STATUS_INTERVAL_S = 0.5
@@ -166,7 +171,8 @@ class DetectionStage:
         self.position: dict[int, int] = {}  # partition → last offset the detector reflects
         self.stored: dict[int, int] = {}  # partition → last offset of a batch after_insert has seen
         self.snapshot_offset: dict[int, int] = {}
-        self.snapshot_at: dict[int, float] = {}
+        self.snapshot_at: dict[int, float] = {}  # monotonic time of the last candidate (0: none yet)
+        self.rows_since: dict[int, int] = {}  # rows scored since that candidate
         self.risk_step: dict[int, int] = {}  # partition → the merchant-risk step its detector is at
         self.risk_map: dict[int, Risk] = {}  # partition → the risk its detector has
         # Per partition, (last offset of the chunk, rows) awaiting their batch's insert. The worker
@@ -241,7 +247,14 @@ class DetectionStage:
                     self._save(p, self.position[p], self.detectors[p].snapshot())
                 elif p in self.candidate and self.candidate[p][0] <= self.stored.get(p, -1):
                     self._save(p, *self.candidate[p])
-            for d in (self.detectors, self.position, self.stored, self.snapshot_offset, self.snapshot_at):
+            for d in (
+                self.detectors,
+                self.position,
+                self.stored,
+                self.snapshot_offset,
+                self.snapshot_at,
+                self.rows_since,
+            ):
                 d.pop(p, None)
             self.candidate.pop(p, None)
             self.risk_step.pop(p, None)
@@ -274,11 +287,13 @@ class DetectionStage:
                 sub = table.slice(int(rows[0]), len(rows))
             else:
                 sub = table.take(pa.array(rows))
-            if p not in self.candidate and time.monotonic() - self.snapshot_at[p] >= SNAPSHOT_INTERVAL_S:
+            if p not in self.candidate and self._snapshot_due(p, det):
                 # Between chunks the state is exactly the rows up to `position`: keep it until they are stored.
                 self.candidate[p] = (self.position[p], det.snapshot())
                 self.snapshot_at[p] = time.monotonic()
+                self.rows_since[p] = 0
             scores = self._process(p, det, sub, emit=True)
+            self.rows_since[p] += len(rows)
             self.position[p] = int(offsets[rows[-1]])
             stamps = _kafka_ms(messages, rows_index, rows, scores[1] if not self.ds.record_scores else None)
             self._queue(p, self.position[p], sub, scores, stamps)
@@ -339,13 +354,14 @@ class DetectionStage:
     def _restore(self, p: int, resume: int) -> None:
         from pipelines.detect.engine import Detector
 
-        snap = self.snapshots.load(p)
         det: Detector | None = None
-        if snap is not None:
-            try:
+        snap = None
+        try:
+            snap = self.snapshots.load(p)
+            if snap is not None:
                 det = Detector.restore(self.config, snap.data, model=self.model)
-            except StoreError:  # a snapshot this code cannot read (another state version): rebuild instead
-                det = None
+        except StoreError:  # unreadable, or of another state version; a store outage fails the rebuild below
+            det = None
         if det is None:
             snap = None
             det = Detector(self.config, model=self.model)
@@ -355,6 +371,7 @@ class DetectionStage:
         self.stored[p] = position
         self.snapshot_offset[p] = position
         self.snapshot_at[p] = 0.0  # due at the first stored batch: the next owner then replays little
+        self.rows_since[p] = 0
         self.risk_step[p] = -1
         # Only rows before `resume` (committed: their alerts are out). A `pending` range may be visible
         # in part, its previous owner's insert still landing: Kafka redelivers it and score() takes it.
@@ -457,6 +474,12 @@ class DetectionStage:
             found = rows.take(pa.array(picked))
             alerts = _alert_rows(found, score[picked], [rules[i] for i in picked], stamps[picked], self.model_version)
             self.pending.setdefault(p, []).append((last, alerts))
+
+    def _snapshot_due(self, p: int, det: Detector) -> bool:
+        at = self.snapshot_at[p]
+        if not at:
+            return True
+        return time.monotonic() - at >= SNAPSHOT_INTERVAL_S and self.rows_since[p] >= SNAPSHOT_ROWS_PER_CARD * det.cards
 
     def _save(self, p: int, offset: int, data: bytes) -> None:
         if offset > self.snapshot_offset.get(p, -1):
