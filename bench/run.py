@@ -18,6 +18,7 @@ BENCHMARKS = (
     ("bench_fastdecode.py", ["--write-docs"]),
     ("bench_detect.py", ["--write-docs"]),
     ("bench_ingest.py", ["--write-docs"]),
+    ("bench_detect_ingest.py", ["--write-docs"]),
     ("bench_native_insert.py", ["--write-docs"]),
     ("bench_parity.py", ["--write-docs"]),
     ("bench_tiering.py", ["--write-docs"]),

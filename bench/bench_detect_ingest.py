@@ -1,0 +1,218 @@
+"""What fraud detection adds to an ingest worker: CPU-s per million events, detection on vs off.
+
+    python bench/bench_detect_ingest.py [--sizes 1000000,3000000] [--pairs 3] [--batch-rows 100000]
+                                        [--fraud-rate 0.01] [--write-docs] [--profile FILE]
+
+Pre-produces labelled traffic (the generator's scenarios at --fraud-rate, 14 days of event
+time, seed 7) into one fresh topic per size, then runs one `nova ingest --until-caught-up`
+worker per run in a process of its own, into a fresh chdb, alternating detection on and off
+(`pairs` pairs per size). CPU is the whole process's (user + sys, every thread, chdb's
+included), taken by the parent from the reaped child. The worker's `batch_max_seconds` is raised
+so that every insert holds `--batch-rows` rows on and off alike: a catch-up worker slowed by
+detection would otherwise flush smaller batches, and the extra parts' merges would be charged to
+detection.
+
+The figure for the target (≤ 1.5 CPU-s per million events added to the worker) is the marginal
+cost between the two sizes, (Δ_big − Δ_small) / (big − small) per million, with Δ the median
+on − off difference at a size: a worker pays a fixed part once per process (numba's warm
+cache load, the state restore at assignment), and the target is about what each event costs.
+`detection_cpu_s` (the worker thread's CPU inside the detection stage) is shown beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def _env(topic: str, chdb_path: str, *, detection: bool, batch_rows: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "NOVA_PIPELINE__TOPIC": topic,
+            "NOVA_PIPELINE__DLQ_TOPIC": f"{topic}.dlq",
+            "NOVA_PIPELINE__GROUP_ID": f"{Path(chdb_path).name}",
+            "NOVA_PIPELINE__BATCH_MAX_ROWS": str(batch_rows),
+            "NOVA_PIPELINE__BATCH_MAX_SECONDS": "30",
+            "NOVA_CLICKHOUSE__URL": f"chdb://{chdb_path}",
+            "NOVA_CLICKHOUSE__DATABASE": "bench",
+            "NOVA_DETECTION__ENABLED": "true" if detection else "false",
+        }
+    )
+    return env
+
+
+def _settings(env: dict[str, str]):  # type: ignore[no-untyped-def]
+    from pipelines.config import load_settings
+
+    return load_settings(REPO / "configs" / "nova.yaml", environ=env)
+
+
+def _produce(topic: str, count: int, fraud_rate: float, scratch: Path) -> None:
+    from pipelines.clickhouse import open_store
+    from pipelines.ops.provision import provision
+    from pipelines.synth.fraud import FraudSpec
+    from pipelines.synth.labelled import generate_labelled
+
+    settings = _settings(_env(topic, str(scratch / "setup"), detection=True, batch_rows=100_000))
+    with open_store(settings) as store:
+        provision(settings=settings, store=store, dry_run=False)
+    t0 = time.time()
+    generate_labelled(
+        settings=settings, count=count, seed=7, fraud=FraudSpec(rate=fraud_rate), spread_days=14.0, topic=topic
+    )
+    print(f"  {count:,} events into {topic} in {time.time() - t0:.0f} s", file=sys.stderr)
+
+
+def _run(topic: str, scratch: Path, run: str, *, detection: bool, batch_rows: int, profile: str | None) -> dict:
+    chdb_path = scratch / run
+    env = _env(topic, str(chdb_path), detection=detection, batch_rows=batch_rows)
+    with_settings = _settings(env)
+    from pipelines.clickhouse import open_store
+    from pipelines.ops.provision import provision
+
+    with open_store(with_settings) as store:  # tables exist before the clock starts, as in production
+        provision(settings=with_settings, store=store, dry_run=False)
+    cmd = [str(Path(sys.executable).parent / "nova"), "ingest", "--until-caught-up", "--workers", "1", "--json"]
+    if profile:
+        spy = [str(Path(sys.executable).parent / "py-spy"), "record", "--rate", "250", "--format", "raw"]
+        cmd = [*spy, "--subprocesses", "--nonblocking", "-o", profile, "--", *cmd]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.time()
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    wall = time.time() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise SystemExit(f"run {run} failed ({out.returncode}):\n{out.stderr[-4000:]}")
+    summary, _ = json.JSONDecoder().raw_decode(out.stdout[out.stdout.index("{") :])  # py-spy may print after it
+    shutil.rmtree(chdb_path, ignore_errors=True)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {
+        "detection": detection,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "events": summary["events"],
+        "alerts": summary.get("alerts", 0),
+        "batches": summary.get("batches"),
+        "detection_cpu_s": summary.get("detection_cpu_s", 0.0),
+        "alert_insert_ms": summary.get("latency_alert_insert") or {},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,3000000", help="two event counts (the marginal cost is between them)")
+    ap.add_argument("--pairs", type=int, default=3)
+    ap.add_argument("--batch-rows", type=int, default=100_000)
+    ap.add_argument("--fraud-rate", type=float, default=0.01)
+    ap.add_argument("--write-docs", action="store_true", help="Record the figures in docs/BENCHMARKS.md.")
+    ap.add_argument("--profile", help="py-spy the first detection-on run of each size into FILE.<events> (raw stacks)")
+    args = ap.parse_args()
+    sizes = sorted(int(s) for s in args.sizes.split(","))
+    if len(sizes) != 2 or sizes[0] == sizes[1]:
+        raise SystemExit("--sizes takes two different event counts, e.g. 1000000,3000000")
+
+    from pipelines import kafka
+
+    stamp = time.strftime("%Y%m%d%H%M%S")
+    scratch = REPO / ".nova" / "bench" / f"detect-ingest-{stamp}"
+    scratch.mkdir(parents=True, exist_ok=True)
+    topics = {n: f"bench.detect.{stamp}.{n}" for n in sizes}
+    print("pre-producing labelled traffic …", file=sys.stderr)
+    for n, topic in topics.items():
+        _produce(topic, n, args.fraud_rate, scratch)
+    runs: dict[int, list[dict]] = {n: [] for n in sizes}
+    for pair in range(args.pairs):
+        for n in sizes:
+            # alternate which goes first: a drift in the machine's load then hits both alike
+            order = (True, False) if pair % 2 == 0 else (False, True)
+            for detection in order:
+                profile = f"{args.profile}.{n}" if (args.profile and pair == 0 and detection) else None
+                r = _run(topics[n], scratch, f"{n}-{pair}-{int(detection)}", detection=detection,
+                         batch_rows=args.batch_rows, profile=profile)  # fmt: skip
+                runs[n].append(r)
+                print(f"  {n:>9,} detection {'on ' if detection else 'off'}: {r['cpu_s']:.2f} CPU-s, "
+                      f"{r['wall_s']:.1f} s, {r['alerts']:,} alerts, detection_cpu_s {r['detection_cpu_s']:.2f}",
+                      file=sys.stderr)  # fmt: skip
+    settings = _settings(_env(topics[sizes[0]], str(scratch / "setup"), detection=True, batch_rows=args.batch_rows))
+    kafka.delete_topics(settings, [t for topic in topics.values() for t in (topic, f"{topic}.dlq")])
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    from _docs import machine
+
+    result = summarise(runs, sizes)
+    result.update(machine=machine(), fraud_rate=args.fraud_rate, batch_rows=args.batch_rows, pairs=args.pairs)
+    print(json.dumps(result, indent=2))
+    if args.write_docs:
+        from _docs import write_section
+
+        write_section("detect-ingest", format_markdown(result), title="Fraud detection: cost in the worker (bench)")
+
+
+def summarise(runs: dict[int, list[dict]], sizes: list[int]) -> dict:
+    per_size = {}
+    for n in sizes:
+        on = [r for r in runs[n] if r["detection"]]
+        off = [r for r in runs[n] if not r["detection"]]
+        per_size[n] = {
+            "on_cpu_s": [round(r["cpu_s"], 2) for r in on],
+            "off_cpu_s": [round(r["cpu_s"], 2) for r in off],
+            "delta_cpu_s": statistics.median(a["cpu_s"] - b["cpu_s"] for a, b in zip(on, off, strict=True)),
+            "detection_cpu_s": statistics.median(r["detection_cpu_s"] for r in on),
+            "alerts": on[0]["alerts"],
+            "alert_insert_p50_ms": statistics.median(r["alert_insert_ms"].get("p50_ms") or 0 for r in on),
+            "alert_insert_p99_ms": statistics.median(r["alert_insert_ms"].get("p99_ms") or 0 for r in on),
+            "batches_on_off": (on[0]["batches"], off[0]["batches"]),
+        }
+    small, big = sizes
+    millions = (big - small) / 1e6
+    return {
+        "sizes": per_size,
+        "marginal_cpu_s_per_million": (per_size[big]["delta_cpu_s"] - per_size[small]["delta_cpu_s"]) / millions,
+        "marginal_stage_cpu_s_per_million": (per_size[big]["detection_cpu_s"] - per_size[small]["detection_cpu_s"])
+        / millions,
+    }
+
+
+def format_markdown(r: dict) -> str:
+    rows = []
+    for n, s in r["sizes"].items():
+        on = ", ".join(f"{x:.2f}" for x in s["on_cpu_s"])
+        off = ", ".join(f"{x:.2f}" for x in s["off_cpu_s"])
+        latency = f"{s['alert_insert_p50_ms']:.0f} / {s['alert_insert_p99_ms']:.0f} ms"
+        rows.append(f"| {int(n):,} | {on} | {off} | {s['delta_cpu_s']:.2f} | {s['detection_cpu_s']:.2f} | "
+                    f"{s['alerts']:,} | {latency} |")  # fmt: skip
+    verdict = "met" if r["marginal_cpu_s_per_million"] <= 1.5 else "not met"
+    return "\n".join(
+        [
+            f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {r['machine']}. "
+            f"`python bench/bench_detect_ingest.py`: labelled traffic (fraud rate {r['fraud_rate']}, 14 days, "
+            f"seed 7), one `nova ingest --until-caught-up --workers 1` per run into a fresh chdb, detection "
+            f"on and off alternately, {r['pairs']} pairs per size, every insert {r['batch_rows']:,} rows; "
+            "whole-process CPU (every thread, chdb's included).",
+            "",
+            "| events | detection on (CPU-s) | off | on − off (median) | `detection_cpu_s` (median) | alerts "
+            "| alert after insert p50 / p99 |",
+            "|---:|---|---|---:|---:|---:|---:|",
+            *rows,
+            "",
+            f"**Marginal cost: {r['marginal_cpu_s_per_million']:.2f} CPU-s per million events** "
+            f"(target ≤ 1.5: {verdict}); by the stage's own count "
+            f"{r['marginal_stage_cpu_s_per_million']:.2f}.",
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main()
