@@ -41,11 +41,22 @@ demo: install ## Fresh machine → stack up, provision, generate 1M events while
 browser: ## Debian's headless Chromium, which the report tests render pages in
 	@command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium)
 
+# Two parts: the tests that share nothing, across PARALLEL processes (pytest-xdist, whole files per
+# process); then, alone, the `serial` ones (tests/conftest.py: they stop or restart services other
+# tests use, or judge SLOs). The second part runs whatever the first gave; the status is the first failure's.
+PARALLEL ?= 2
+define two_parts
+	status=0; \
+	$(BIN)/python -m pytest -n $(PARALLEL) --dist loadfile -m "not serial$(1)" || status=$$?; \
+	$(BIN)/python -m pytest -m "serial$(1)" || { rc=$$?; [ $$status -ne 0 ] || status=$$rc; }; \
+	exit $$status
+endef
+
 test: stack browser ## Run the test suite against the real services (chaos tests in their bounded form)
-	$(BIN)/python -m pytest -m "not long"
+	$(call two_parts, and not long)
 
 test-all: stack browser ## Everything, including the long chaos runs (many stall/kill rounds)
-	$(BIN)/python -m pytest
+	$(call two_parts,)
 
 test-unit: install ## Only the tests that need no service
 	$(BIN)/python -m pytest -m "not integration and not server"

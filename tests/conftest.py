@@ -61,3 +61,18 @@ def project(tmp_path: Path) -> Path:
     """A copy of configs/ in a temp project root, so a test can edit specs and keep its own state dir."""
     shutil.copytree(REPO / "configs", tmp_path / "configs")
     return tmp_path
+
+
+# Run alone, after the parallel part of `make test` (see the Makefile): they stop or restart a service
+# other tests use (the cluster's hosts, clickhouse-server), start a stack of their own, or judge
+# SLOs that a neighbour test's load would decide. Chaos tests (kill -9, SIGSTOP) run in the parallel
+# part: what they assert must hold however the machine is loaded. A test marks itself with
+# @pytest.mark.serial; these files are serial as a whole.
+SERIAL_FILES = {"test_cluster.py", "test_cluster_tiering.py", "test_loadtest.py", "test_stack.py"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by markers
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SERIAL_FILES:
+            item.add_marker(pytest.mark.serial)

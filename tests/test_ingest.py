@@ -136,6 +136,7 @@ def test_workers_joining_and_leaving(tmp_path: Path) -> None:
 
 @pytest.mark.server
 @pytest.mark.slow
+@pytest.mark.serial  # stops the clickhouse-server every other server test uses
 def test_clickhouse_server_outage_pauses_and_resumes(tmp_path: Path) -> None:
     pe = make_env(tmp_path, "server")
     try:
