@@ -211,8 +211,17 @@ def format_train(report: TrainReport) -> Table:
         ("training rows", f"{report.rows_trained:,}"),
         ("frauds among them (labels known by the cutoff)", f"{report.frauds:,}"),
         ("cutoff (event and label time)", report.until),
-        ("elapsed", f"{report.elapsed_s:.1f} s"),
     ]
+    v = report.validation or {}
+    if "ap_model" in v:
+        rows.append(
+            (
+                f"validation: latest {v['rows']:,} rows, {v['frauds']:,} frauds (AP)",
+                f"rules {v['ap_rules']:.3f} · model {v['ap_model']:.3f} · both {v['ap_rules_and_model']:.3f}",
+            )
+        )
+    rows.append(("scores by", "the model alone" if report.rules_weight == 0 else "the rules and the model"))
+    rows.append(("elapsed", f"{report.elapsed_s:.1f} s"))
     for name, value in rows:
         table.add_row(name, _common.cell(value))
     return table

@@ -213,6 +213,19 @@ def test_amount_spike_fires_far_outside_the_cards_habit_not_within_it() -> None:
     assert not fires("amount_spike", [{"t": T0, "amount": 4_000}, {"t": T0 + DAY, "amount": 250_000}])
 
 
+def test_unusual_amount_ranks_a_multiple_of_the_habit_without_alerting_alone() -> None:
+    """4x the habit ranks above the card's ordinary purchases but does not alert; at 6x it is named."""
+    ordinary = last([*history(), {"t": T0 + 21 * DAY, "amount": 4_400}])
+    four = last([*history(), {"t": T0 + 21 * DAY, "amount": 16_000}])
+    seven = last([*history(), {"t": T0 + 21 * DAY, "amount": 28_000}])
+    assert "unusual_amount" not in ordinary[0] and ordinary[1] < 0.05
+    assert "unusual_amount" not in four[0] and 0.1 < four[1] < 0.3 and not four[2].alert[-1]
+    assert "unusual_amount" in seven[0] and not seven[2].alert[-1]
+    assert 0.3 <= seven[1] < 0.7  # its full weight (and a little high_amount)
+    # a card with too little history has no habit to compare with
+    assert "unusual_amount" not in last([{"t": T0, "amount": 4_000}, {"t": T0 + DAY, "amount": 40_000}])[0]
+
+
 def test_compromised_merchant_follows_the_merchant_risk_set() -> None:
     det = Detector(DetectionConfig())
     det.set_merchant_risk({"m_bad": 0.45, "m_plain": 0.0}, as_of_ms=T0 + 19 * DAY)
@@ -538,6 +551,44 @@ def test_model_round_trip_and_blend(tmp_path: Path, method: str) -> None:
     model_only = Detector(parse_detection_config({"model": {"rules_weight": 0}}), loaded).process(STREAM)
     np.testing.assert_allclose(model_only.score, scored.model_score, atol=1e-6)
     assert model_only.rules == scored.rules
+
+
+def test_rules_score_is_a_feature_and_the_model_chooses_its_rules_weight(tmp_path: Path) -> None:
+    features, labels = _training_data()
+    scored = Detector(DetectionConfig()).process(STREAM, features=True)
+    assert scored.features is not None and scored.rule_score is not None
+    np.testing.assert_allclose(scored.features["rules_score"], scored.rule_score, atol=1e-6)
+    replayed = Detector(DetectionConfig()).process(STREAM, emit=False, features=True)  # training's path
+    assert replayed.features is not None
+    np.testing.assert_array_equal(replayed.features["rules_score"], scored.features["rules_score"])
+    n = len(labels)
+    t = np.arange(n, dtype=np.int64) * MIN
+    # the labels are the rules' verdict: the model alone ranks them as well as beside the rules
+    chosen = train_model(features, labels, trees=20, event_time_ms=t)
+    v = chosen.summary["validation"]
+    assert v["frauds"] == int(labels[np.argsort(t)[int(n * 0.75) :]].sum()) >= 20
+    assert chosen.rules_weight == (0.0 if v["ap_model"] > v["ap_rules_and_model"] else 1.0)
+    assert {"ap_rules", "ap_model", "ap_rules_and_model", "chosen"} <= set(v)
+    # frauds the rules get wrong (the big amounts here, and the rules shout on the others): beside the model
+    # they only push legitimate rows to the top
+    big = features["log_amount"] > np.median(features["log_amount"])
+    noisy = {**features, "rules_score": np.where(big, 0.0, 1.0).astype(np.float32)}
+    alone = train_model(noisy, big, trees=20, event_time_ms=t)
+    assert alone.rules_weight == 0.0 and alone.summary["validation"]["chosen"] == "model"
+    # too few frauds to judge on: the rules stay
+    few = labels & (np.arange(n) < n // 2)
+    kept = train_model(features, few, trees=20, event_time_ms=t)
+    assert kept.rules_weight == 1.0 and "too few" in kept.summary["validation"]["chosen"]
+    # the choice is in the artifact and the detector follows it unless the config sets rules_weight
+    loaded = FraudModel.load(alone.save(tmp_path / "alone.model"))
+    assert loaded.rules_weight == 0.0
+    by_model = Detector(DetectionConfig(), loaded).process(STREAM)
+    assert by_model.model_score is not None
+    np.testing.assert_allclose(by_model.score, by_model.model_score, atol=1e-6)
+    both = Detector(parse_detection_config({"model": {"rules_weight": 1}}), loaded).process(STREAM)
+    assert both.rule_score is not None and both.model_score is not None
+    expected = 1 - (1 - both.rule_score.astype(np.float64)) * (1 - both.model_score.astype(np.float64))
+    np.testing.assert_allclose(both.score, expected, atol=1e-6)
 
 
 def test_model_with_other_features_or_damaged_is_refused(tmp_path: Path) -> None:

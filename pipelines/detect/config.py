@@ -5,7 +5,8 @@ a `weight`, and a graded threshold: its strength ramps linearly from 0 at `ramp_
 `threshold` (where it *fires* and is named in the alert), so rows below the threshold still
 get a partial score and the score ranks rows (ROC AUC, average precision) instead of being 0/1.
 The score combines the rules' `weight × strength` by noisy-OR: ``r = 1 − Π(1 − wᵢ·sᵢ)``; a
-loaded model's probability `p` joins it: ``1 − (1 − model.rules_weight·r)(1 − model.weight·p)``.
+loaded model's probability `p` joins it: ``1 − (1 − model.rules_weight·r)(1 − model.weight·p)``, where an
+unset rules_weight is the model's own (0 or 1, chosen on held-out labelled rows when it was trained).
 A row alerts when its score reaches `alert_threshold`, or when a rule marked `alert: true` fires.
 
 The windows (1 min … 30 d) and features are fixed in code (`features.FEATURE_NAMES`): a model is
@@ -122,6 +123,17 @@ class AmountSpike(Rule):
     )
 
 
+class UnusualAmount(Rule):
+    """An amount well above the card's habit, graded (x = the amount as a multiple of the card's typical
+    amount, both relative to the merchant category): weak alone, so a 3x purchase ranks above the card's
+    ordinary ones without alerting, and lends weight to the other rules' evidence."""
+
+    weight: float = Field(0.3, ge=0, le=1)
+    ramp_from: float = 1.5
+    threshold: float = 6.0
+    min_history: int = Field(5, ge=1, description="Only for cards with at least this many earlier events.")
+
+
 class CompromisedMerchant(Rule):
     """A merchant many later-confirmed frauds passed through (x = its fraud share, from set_merchant_risk)."""
 
@@ -196,19 +208,22 @@ class Rules(_Strict):
     high_amount: HighAmount = Field(default_factory=HighAmount)  # type: ignore[arg-type]
     shared_device: SharedDevice = Field(default_factory=SharedDevice)  # type: ignore[arg-type]
     spend_burst: SpendBurst = Field(default_factory=SpendBurst)  # type: ignore[arg-type]
+    unusual_amount: UnusualAmount = Field(default_factory=UnusualAmount)  # type: ignore[arg-type]
 
 
 class ModelBlend(_Strict):
     weight: float = Field(
         1.0, ge=0, le=1, description="The model's probability joins the rules' noisy-OR as weight × p (0: ignore it)."
     )
-    rules_weight: float = Field(
-        1.0,
+    rules_weight: float | None = Field(
+        None,
         ge=0,
         le=1,
         description=(
             "With a model loaded, the rules' score counts this much: score = 1 − (1 − rules_weight·r)(1 − weight·p). "
-            "0 ranks by the model alone (rules still fire, are named, and alert if marked alert)."
+            "0 ranks by the model alone (rules still fire, are named, and alert if marked alert). Unset: the "
+            "model's own choice, made when it was trained (see model.train_model): 0 if on the latest part of "
+            "its training history the model alone ranked the frauds better than with the rules beside it, else 1."
         ),
     )
 

@@ -150,7 +150,11 @@ class Detector:
         if n:
             top = int(cols.t_ms.max())
             self.watermark_ms = top if self.watermark_ms is None else max(self.watermark_ms, top)
-        named = feat.as_feature_dict(out) if want else None
+        if not want:
+            return Scored(score=np.zeros(n, dtype=np.float32), alert=np.zeros(n, dtype=bool), rules=[()] * n)
+        result = evaluate_rules(self.config, out, cols.amount, self._params)
+        out[:, feat.F["rules_score"]] = result.score
+        named = feat.as_feature_dict(out)
         if not emit:
             return Scored(
                 score=np.zeros(n, dtype=np.float32),
@@ -158,14 +162,13 @@ class Detector:
                 rules=[()] * n,
                 features=named if features else None,
             )
-        assert named is not None
-        result = evaluate_rules(self.config, out, cols.amount, self._params)
         score = result.score
         model_p: np.ndarray | None = None
         if self.model is not None and n:
             model_p = self.model.predict(out)
             blend = self.config.model
-            score = 1.0 - (1.0 - blend.rules_weight * score) * (1.0 - blend.weight * model_p)
+            rules_weight = self.model.rules_weight if blend.rules_weight is None else blend.rules_weight
+            score = 1.0 - (1.0 - rules_weight * score) * (1.0 - blend.weight * model_p)
         score32 = np.clip(score, 0.0, 1.0).astype(np.float32)
         alert = (score32 >= np.float32(self.config.alert_threshold)) | result.alerting
         return Scored(

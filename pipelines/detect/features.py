@@ -110,15 +110,18 @@ FEATURE_NAMES: Final = (
     "travel_away_h",
     "origin_km",
     "travel_return",
-    # Written by the engine, not by the kernel: the device's fan-out (device_cards) and the
-    # merchant risk of set_merchant_risk(by_window=…):
+    # Written by the engine, not by the kernel: the device's fan-out (device_cards), the
+    # merchant risk of set_merchant_risk(by_window=…) and the rules' noisy-OR score (so a model
+    # learns how far to trust the rules, rule by rule of evidence, on its own labelled history):
     "device_cards",
     "merchant_risk_1d",
     "merchant_risk_7d",
     "merchant_risk_30d",
+    "rules_score",
 )
 MERCHANT_RISK_WINDOWS: Final = ("1d", "7d", "30d")
-FEATURE_VERSION: Final = 2
+ENGINE_COLUMNS: Final = 2 + len(MERCHANT_RISK_WINDOWS)  # device_cards, the windows, rules_score
+FEATURE_VERSION: Final = 3
 # Layout of CardState (its arrays and their shapes); a snapshot of another layout is refused.
 STATE_VERSION: Final = 2
 F: Final = {name: i for i, name in enumerate(FEATURE_NAMES)}
@@ -129,7 +132,7 @@ F: Final = {name: i for i, name in enumerate(FEATURE_NAMES)}
     _O_DEVICES, _O_NEW_CHANNEL, _O_PRESENT, _O_SPEED, _O_DISTANCE, _O_COUNTRY_CHANGED, _O_COUNTRY_GAP_H,
     _O_LOG_GAP_S, _O_HISTORY, _O_RISK, _O_RISK_KNOWN, _O_VS_MCC, _O_DEVICE_AGE_H, _O_DEVICE_ROWS, _O_IP_AGE_H,
     _O_AWAY_H, _O_ORIGIN_KM, _O_RETURN,
-) = range(len(FEATURE_NAMES) - len(MERCHANT_RISK_WINDOWS) - 1)  # fmt: skip
+) = range(len(FEATURE_NAMES) - ENGINE_COLUMNS)  # fmt: skip
 # An impossible jump (the travel features): at least this far, faster than this. Fixed, like the
 # windows: part of what the features mean, so a model's input does not move with the rules' config.
 JUMP_KM: Final = 100.0

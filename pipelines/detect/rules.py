@@ -38,6 +38,7 @@ _EXPECTED: Final = (
     "high_amount",
     "shared_device",
     "spend_burst",
+    "unusual_amount",
 )
 assert RULE_NAMES == _EXPECTED, "config.Rules and rules._measure must list the same rules in the same order"
 
@@ -88,6 +89,7 @@ def rule_params(config: DetectionConfig) -> np.ndarray:
     out[4, _P2] = r.amount_spike.min_amount_minor
     out[4, _P3] = math.log(r.amount_spike.min_ratio) - 1e-9
     out[7, _P1] = math.log1p(r.channel_shift.min_history) - 1e-6
+    out[12, _P1] = math.log1p(r.unusual_amount.min_history) - 1e-6
     return out
 
 
@@ -135,6 +137,9 @@ def _measure(
     # spend_burst: ordinary-sized rows in 1 h, and the hour's spend
     x[11] = f[c[_N_1H]] - f[c[_SMALL_1H]]
     gate[11] = f[c[_SUM_1H]] >= p[11, _P1] and amount > small
+    # unusual_amount: the amount as a multiple of the card's habit for the category, graded
+    x[12] = math.exp(min(vs_profile, 30.0))
+    gate[12] = history >= p[12, _P1]
 
 
 @numba.njit(cache=True, nogil=True)

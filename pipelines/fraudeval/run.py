@@ -304,6 +304,7 @@ def evaluate(
                             "rows": report.rows_trained,
                             "frauds": report.frauds,
                             "version": report.version,
+                            "rules_weight": report.rules_weight,
                             "path": str(model_path),
                         }
                     )

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,6 +64,8 @@ class TrainReport:
     frauds: int
     until: str
     elapsed_s: float
+    rules_weight: float = 1.0  # the model's choice (FraudModel.rules_weight)
+    validation: dict[str, Any] | None = None  # the figures it was chosen on
 
 
 def _plain(table: pa.Table) -> pa.Table:
@@ -166,6 +168,7 @@ def train(
     table = f"{quote_identifier(settings.clickhouse.database)}.{quote_identifier(settings.pipeline.table)}"
     feature_parts: list[dict[str, np.ndarray]] = []
     label_parts: list[np.ndarray] = []
+    time_parts: list[np.ndarray] = []
     rows_read = 0
     with open_store(settings) as store:
         if not store.table_exists(settings.pipeline.table):
@@ -206,6 +209,7 @@ def train(
         y = np.fromiter((tid in frauds for tid in ids), dtype=bool, count=len(ids))
         feature_parts.append({name: v[keep] for name, v in features.items()})
         label_parts.append(y[keep])
+        time_parts.append(t[keep])
     if on_progress:
         on_progress("train: features", 1, 1)
     if not feature_parts:
@@ -217,7 +221,7 @@ def train(
     labels = np.concatenate(label_parts)
     if on_progress:
         on_progress("train: fit", 0, 1)
-    model = train_model(features, labels, method=method)
+    model = train_model(features, labels, method=method, event_time_ms=np.concatenate(time_parts))
     model.summary.update({"until": _iso(cutoff), "history_ms": history_ms, "label_delay_ms": label_delay_ms})
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
@@ -231,6 +235,8 @@ def train(
         frauds=int(labels.sum()),
         until=_iso(cutoff),
         elapsed_s=time.monotonic() - started,
+        rules_weight=model.rules_weight,
+        validation=model.summary.get("validation"),
     )
 
 
