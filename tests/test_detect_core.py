@@ -585,6 +585,11 @@ def test_rules_score_is_a_feature_and_the_model_chooses_its_rules_weight(tmp_pat
     by_model = Detector(DetectionConfig(), loaded).process(STREAM)
     assert by_model.model_score is not None
     np.testing.assert_allclose(by_model.score, by_model.model_score, atol=1e-6)
+    # an alert says why: "model" where the model's probability alone reached the threshold
+    sure = by_model.model_score >= np.float32(0.7)
+    assert sure.any() and (~sure).any()
+    assert [("model" in r) for r in by_model.rules] == sure.tolist()
+    assert by_model.alert[sure].all()
     both = Detector(parse_detection_config({"model": {"rules_weight": 1}}), loaded).process(STREAM)
     assert both.rule_score is not None and both.model_score is not None
     expected = 1 - (1 - both.rule_score.astype(np.float64)) * (1 - both.model_score.astype(np.float64))

@@ -45,13 +45,16 @@ _SNAPSHOT_MAGIC: Final = "nova-detect-state"
 _KERNEL: Final = cast("Callable[..., None]", feat.update_and_featurize)
 
 
+MODEL_REASON: Final = "model"  # in an alert's rules: the model's probability alone reached alert_threshold
+
+
 @dataclass(frozen=True)
 class Scored:
     """What `Detector.process` says about each row of a batch, in the batch's order."""
 
     score: np.ndarray  # float32 [n] in [0, 1]
     alert: np.ndarray  # bool [n]
-    rules: list[tuple[str, ...]]  # names of the rules that fired, per row
+    rules: list[tuple[str, ...]]  # names of the rules that fired, per row (and MODEL_REASON)
     features: dict[str, np.ndarray] | None = None  # the model's input columns, when asked for
     rule_score: np.ndarray | None = None  # float32 [n]: the rules' noisy-OR alone
     model_score: np.ndarray | None = None  # float32 [n]: the model's probability, if a model is loaded
@@ -170,11 +173,16 @@ class Detector:
             rules_weight = self.model.rules_weight if blend.rules_weight is None else blend.rules_weight
             score = 1.0 - (1.0 - rules_weight * score) * (1.0 - blend.weight * model_p)
         score32 = np.clip(score, 0.0, 1.0).astype(np.float32)
-        alert = (score32 >= np.float32(self.config.alert_threshold)) | result.alerting
+        threshold = np.float32(self.config.alert_threshold)
+        alert = (score32 >= threshold) | result.alerting
+        names = self._names(result.fired)
+        if model_p is not None:  # the model is named where it alone reaches the threshold: an alert says why
+            for i in np.flatnonzero((self.config.model.weight * model_p).astype(np.float32) >= threshold).tolist():
+                names[i] = (*names[i], MODEL_REASON)
         return Scored(
             score=score32,
             alert=alert,
-            rules=self._names(result.fired),
+            rules=names,
             features=named if features else None,
             rule_score=result.score.astype(np.float32),
             model_score=None if model_p is None else model_p.astype(np.float32),

@@ -318,7 +318,7 @@ def evaluate(
                 )  # fmt: skip
                 part.from_ms = cutoff
                 result.parts.append(part)
-            judged_parts = [] if len(starts) == 1 else [("all", (0, len(corpus)))]
+            judge_whole = len(starts) > 1
         else:
             first, cutoff_ms = split
             train = _run_part(
@@ -340,13 +340,13 @@ def evaluate(
                 instants=(cutoff_ms, None),
             )  # fmt: skip
             result.parts.append(test)
-            judged_parts = []
+            judge_whole = False
         outcomes = _read_outcomes(es, names, corpus)
         for part in result.parts:
             mask = np.zeros(len(corpus), dtype=bool)
             mask[part.rows[0] : part.rows[1]] = True
             part.figures = compute_figures(outcomes.subset(mask))
-        if judged_parts:  # retrained parts: every row was scored once, by the model of its time
+        if judge_whole:  # retrained parts: every row was scored once, by the model of its time
             whole = PartResult(
                 name="all", rows=(0, len(corpus)), produced=sum(p.produced for p in result.parts),
                 labels_fed=sum(p.labels_fed for p in result.parts), produce_s=sum(p.produce_s for p in result.parts),
