@@ -459,3 +459,40 @@ def test_late_labels_raise_merchant_risk_and_alert_later_transactions_only(det: 
     # read "as of the end" would have raised the shop's risk for the later ones).
     assert len({scores[t["transaction_id"]] for t in [*through_shop, before_labels]}) == 1
     assert len(scores) == len(through_shop) + 3
+
+
+def test_fraud_train_learns_the_stored_history_and_the_workers_score_with_it(det: DetectEnv, tmp_path: Path) -> None:
+    """`nova fraud train` on what the pipeline stored: the artifact, its blend choice, and the workers using it."""
+    from pipelines.detect.features import FEATURE_NAMES
+    from pipelines.detect.model import FraudModel
+
+    det.pe.nova(
+        "generate", "--count", "20000", "--fraud-rate", "0.03", "--spread-days", "6", "--seed", "3",
+        "--label-delay", "1h..12h", "--labels-topic", det.labels_topic,
+    )  # fmt: skip
+    for _ in range(5):
+        det.ingest()
+        if int(det.pe.scalar(f"SELECT count() AS n FROM {det.pe.database}.fraud_labels FINAL")) > 500:
+            break
+    else:
+        raise AssertionError("the labels never reached fraud_labels")
+    out = tmp_path / "fraud.model"
+    report = json.loads(det.pe.nova("fraud", "train", "--out", str(out), "--label-delay", "12h", "--json").stdout)
+    assert report["rows_read"] >= 20000 and 0 < report["rows_trained"] < report["rows_read"]
+    assert 300 < report["frauds"] < 600
+    v = report["validation"]
+    assert v["frauds"] >= 20 and {"ap_rules", "ap_model", "ap_rules_and_model"} <= set(v)
+    assert report["rules_weight"] == (0.0 if v["ap_model"] > v["ap_rules_and_model"] else 1.0)
+    model = FraudModel.load(out)
+    assert model.version == report["version"] and model.feature_names == FEATURE_NAMES
+    assert model.rules_weight == report["rules_weight"] and model.summary["frauds"] == report["frauds"]
+    table = det.pe.nova("fraud", "train", "--out", str(tmp_path / "again.model"), "--label-delay", "12h").stdout
+    assert "scores by" in table and "validation" in table
+    # the workers load it: new transactions are scored by it, and its alerts carry its version
+    det.pe.env["NOVA_DETECTION__MODEL"] = str(out)
+    det.pe.nova("generate", "--count", "3000", "--fraud-rate", "0.03", "--spread-days", "1", "--seed", "4")
+    det.ingest()
+    versions = det.pe.query(
+        f"SELECT model_version, count() AS n FROM {det.pe.database}.alerts FINAL GROUP BY model_version"
+    )
+    assert {r["model_version"] for r in versions} >= {report["version"]}
