@@ -187,6 +187,15 @@ def evaluate_cmd(
             keep=keep,
             on_progress=lambda stage, done, total: progress.update(stage, done, total),
         )
+    if result.dead_lettered:
+        broken = ", ".join(f"{rule} {n:,}" for rule, n in result.dead_lettered.items())
+        _common.err.print(
+            _common.cell(
+                f"warning: {sum(result.dead_lettered.values()):,} of the corpus's transactions break the data "
+                f"contract ({broken}): dead-lettered, they count as unscored "
+                "(`--keep` keeps them on the run's dead-letter topic)"
+            )
+        )
     if report is not None:
         from pipelines.fraudeval.report import render_report
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -53,7 +54,22 @@ def _labels(n: int = 3, *, drop: str | None = None) -> pa.Table:
     return pa.table(columns)
 
 
+def _future(tx: pa.Table) -> pa.Table:
+    """The same rows, a day ahead of now: the contract's event_time_future dead-letters them."""
+    import time
+
+    ahead = int(time.time() * 1000) + 86_400_000 - tx["event_time"].cast(pa.int64())[0].as_py()
+    return tx.set_column(1, "event_time", pc.add(tx["event_time"].cast(pa.int64()), ahead).cast(MS))
+
+
+def _plain_ids(table: pa.Table) -> pa.Table:
+    """Transaction ids as a simulator writes them (0, 1, 2…), not UUIDs."""
+    return table.set_column(0, "transaction_id", pa.array([str(i) for i in range(table.num_rows)]))
+
+
 BAD_INPUTS = [
+    (_future(_transactions()), _labels(), None, ["3 of the corpus's 3", "event_time_future 3", "shift its event"]),
+    (_plain_ids(_transactions()), _plain_ids(_labels()), None, ["transaction_id_uuid 3", "as a UUID"]),
     (_transactions(drop="card_id"), _labels(), None, ["lacks the contract column(s) card_id", "it needs"]),
     (_transactions(), _labels(drop="transaction_id"), None, ["lacks the column(s) transaction_id", "it needs"]),
     (_transactions(merchant="T999"), _labels(), None, ["'T999'", "not in the merchant dimension", "--merchants"]),
@@ -88,6 +104,28 @@ def test_bad_inputs_are_refused_before_anything_is_created(
         assert fragment in text, text
     assert caught.value.exit_code == 2
     assert not (tmp_path / "state" / "fraudeval").exists()
+
+
+def test_a_few_rows_the_contract_refuses_are_counted_not_fatal(tmp_path: Path) -> None:
+    """A simulator's 0.00 amount: dead-lettered and counted as unscored, the run goes on; many refuse it."""
+    from pipelines.fraudeval.corpus import load_corpus
+    from pipelines.fraudeval.run import check_inputs
+
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ={})
+    amounts = [0] + [1234] * 199
+    pq.write_table(
+        _transactions(200).set_column(6, "amount_minor", pa.array(amounts, pa.int64())), tmp_path / "a.parquet"
+    )
+    pq.write_table(_labels(200), tmp_path / "labels.parquet")
+    corpus = load_corpus(settings, tmp_path / "a.parquet", tmp_path / "labels.parquet")
+    assert check_inputs(settings, corpus, merchants=None) == {"amount_range": 1}
+    amounts = [0] * 3 + [1234] * 197  # 1.5 %: more than MAX_DEAD_LETTER_SHARE
+    pq.write_table(
+        _transactions(200).set_column(6, "amount_minor", pa.array(amounts, pa.int64())), tmp_path / "b.parquet"
+    )
+    corpus = load_corpus(settings, tmp_path / "b.parquet", tmp_path / "labels.parquet")
+    with pytest.raises(UsageError, match=r"3 of the corpus's 200 .*amount_range 3 \(e\.g\. row 1 "):
+        check_inputs(settings, corpus, merchants=None)
 
 
 def test_the_command_exits_2_naming_the_problem_and_the_fix(tmp_path: Path) -> None:

@@ -52,10 +52,13 @@ from pipelines.fraudeval.replay import label_feed, produce_corpus
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
     from pipelines.config import Settings
+    from pipelines.contracts.reference import ReferenceData
     from pipelines.fraudeval.train import TrainReport
     from pipelines.ingest.models import IngestReport, WorkerStatus
 
 OnProgress = Callable[[str, float, float | None], None]  # (stage, done, total)
+CONTRACT_CHUNK_ROWS = 200_000  # rows checked against the contract at once (bounds the check's memory)
+MAX_DEAD_LETTER_SHARE = 0.01  # of a corpus the contract may dead-letter before evaluate refuses it
 ASSIGN_TIMEOUT_S = 600.0  # a restart rebuilds the detectors from the stored rows first
 DRAIN_TIMEOUT_S = 600.0
 SETTLE_S = 1.0  # after the last commit: alerts of the last batch are written before its offsets commit
@@ -119,6 +122,7 @@ class EvaluationResult:
     train_label_delay_ms: int | None = None  # the training rows stopped this long before the (last) cutoff
     retrain_every_ms: int | None = None
     models: list[dict[str, Any]] = field(default_factory=list)  # each model trained: cutoff, rows, frauds, …
+    dead_lettered: dict[str, int] = field(default_factory=dict)  # rule → corpus rows the contract check refused
 
     def to_dict(self) -> dict[str, Any]:
         """The `--json` document: the judged figures' keys at the top, then the run and every part."""
@@ -131,6 +135,7 @@ class EvaluationResult:
             "corpus_rows": self.corpus_rows,
             "corpus_frauds": self.corpus_frauds,
             "unmatched_labels": self.unmatched_labels,
+            "dead_lettered": self.dead_lettered,
             "label_delay_ms": self.label_delay_ms,
             "rate": self.rate,
             "judged": self.judged,
@@ -199,8 +204,13 @@ def eval_settings(settings: Settings, names: EvalNames, *, merchants: Path | Non
     return es
 
 
-def check_inputs(settings: Settings, corpus: Corpus, *, merchants: Path | None) -> None:
-    """What the contract would dead-letter, refused before anything is created (UsageError, exit 2)."""
+def check_inputs(settings: Settings, corpus: Corpus, *, merchants: Path | None) -> dict[str, int]:
+    """What the contract would dead-letter, refused before anything is created (UsageError, exit 2).
+
+    Returns the rows the workers' contract check will dead-letter, by rule, when they are few
+    (at most MAX_DEAD_LETTER_SHARE of the corpus: a simulator's 0.00 amount); more, and the run is
+    refused, since its figures would measure the contract rather than the detector.
+    """
     from pipelines.contracts.reference import load_reference
 
     checked = settings.model_copy(deep=True)
@@ -231,6 +241,48 @@ def check_inputs(settings: Settings, corpus: Corpus, *, merchants: Path | None) 
             f"the corpus has countries that are not ISO 3166-1 alpha-2 codes: {', '.join(unknown_countries[:5])}",
             hint="write country as a two-letter code (e.g. DE)",
         )
+    return _check_contract(checked, corpus, reference)
+
+
+# Per broken rule, how to mend a corpus (the rest: configs/nova.yaml's pipeline.rules say what each checks).
+_CONTRACT_FIXES = {
+    "event_time_future": "the corpus runs past now: shift its event and label times into the past alike",
+    "event_time_past": "shift the corpus's event and label times forward alike, or raise pipeline.rules.max_past_days",
+    "transaction_id_uuid": "write transaction_id as a UUID (e.g. uuid5 of the corpus's own id, in both files)",
+}
+
+
+def _check_contract(settings: Settings, corpus: Corpus, reference: ReferenceData) -> dict[str, int]:
+    """The workers' own contract check over the whole corpus, now: a row it breaks will be dead-lettered,
+    never scored, and count as an unscored transaction (a missed fraud, if it is one) in every figure."""
+    from collections import Counter
+
+    from pipelines.contracts.rules import ReferenceSets, check_contract
+
+    sets = ReferenceSets.from_reference(reference)
+    now_ms = int(time.time() * 1000)
+    broken: Counter[str] = Counter()
+    example: dict[str, tuple[int, str]] = {}
+    table = corpus.transactions
+    for start in range(0, table.num_rows, CONTRACT_CHUNK_ROWS):
+        verdict = check_contract(
+            table.slice(start, CONTRACT_CHUNK_ROWS), rules=settings.pipeline.rules, sets=sets, now_ms=now_ms
+        )
+        for row, rule, detail in verdict.rejected:
+            broken[rule] += 1
+            example.setdefault(rule, (start + row, detail))
+    if broken.total() <= MAX_DEAD_LETTER_SHARE * table.num_rows:
+        return dict(broken.most_common())
+    rules = ", ".join(
+        f"{rule} {n:,} (e.g. row {example[rule][0] + 1:,} in event-time order: {example[rule][1]})"
+        for rule, n in broken.most_common()
+    )
+    fixes = [_CONTRACT_FIXES[rule] for rule in broken if rule in _CONTRACT_FIXES]
+    raise UsageError(
+        f"{broken.total():,} of the corpus's {table.num_rows:,} transactions break the data contract and would be "
+        f"dead-lettered, never scored (at most {MAX_DEAD_LETTER_SHARE:.0%} may): {rules}",
+        hint="; ".join(fixes) or "fix those rows, or leave them out of both files (configs/nova.yaml pipeline.rules)",
+    )
 
 
 def evaluate(
@@ -263,7 +315,7 @@ def evaluate(
             hint="pass --label-delay D (e.g. 7d: each fraud becomes known D after its event time)",
         )
     split = _split(corpus, train_days)
-    check_inputs(settings, corpus, merchants=merchants)
+    dead_lettered = check_inputs(settings, corpus, merchants=merchants)
     _check_kafka(settings)
     names = new_names(settings, run_id)
     names.run_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +331,7 @@ def evaluate(
         rate=rate,
         names=names,
         kept=keep,
+        dead_lettered=dead_lettered,
     )
     feed_rows, feed_at = label_feed(corpus, label_delay_ms=label_delay_ms)
     es = eval_settings(settings, names, merchants=merchants, model=_configured_model(settings))
