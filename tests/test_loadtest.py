@@ -604,9 +604,14 @@ def test_loadtest_exits_1_when_an_slo_cannot_be_met(tmp_path: Path) -> None:
 @pytest.mark.integration
 @pytest.mark.server
 def test_loadtest_measures_queries_and_probes_on_the_server(tmp_path: Path) -> None:
+    # What is checked here is the measuring. The query SLO's verdict has tests of its own; a 10 s run's
+    # p95 over a dozen queries on clickhouse-server 18.16 is one cold query (1.45 s in a CI run of
+    # 2026-12-03, against 1 s), so the SLO is loosened rather than the test made to depend on it.
     data = _loadtest(
-        tmp_path, "server", "--rate", "2000", "--duration", "10s", "--users", "1", "--prefill-rows", "20000", expect=0
-    )
+        tmp_path, "server", "--rate", "2000", "--duration", "10s", "--users", "1", "--prefill-rows", "20000",
+        expect=0, env={"NOVA_SLO__QUERY_P95_MS": "10000"},
+    )  # fmt: skip
+    assert data["passed"], data["summary"]
     whole = data["whole_run"]
     assert whole["query_count"] > 0 and whole["query_failures"] == 0
     assert set(whole["queries"]) <= {"top_merchants", "volume_per_minute", "recent_alerts", "card_history"}
