@@ -48,12 +48,12 @@ from pipelines.errors import KafkaError, NovaError, UsageError
 from pipelines.fraudeval.corpus import Corpus, unknown_merchants
 from pipelines.fraudeval.metrics import DAY_MS, Figures, Outcomes, compute_figures
 from pipelines.fraudeval.replay import label_feed, produce_corpus
+from pipelines.fraudeval.train import ReplayCache, TrainReport
 
 if TYPE_CHECKING:
     from pipelines.clickhouse import Store
     from pipelines.config import Settings
     from pipelines.contracts.reference import ReferenceData
-    from pipelines.fraudeval.train import TrainReport
     from pipelines.ingest.models import IngestReport, WorkerStatus
 
 OnProgress = Callable[[str, float, float | None], None]  # (stage, done, total)
@@ -342,6 +342,7 @@ def evaluate(
             every = retrain_every_ms or None
             result.retrain_every_ms = every
             plan = retrain_plan(corpus, every, label_delay_ms) if every else []
+            replayed = ReplayCache()  # each retraining replays only the rows stored since the last
             starts = [(0, None), *[(row, cutoff) for row, cutoff, _ in plan]]
             for k, (first, cutoff) in enumerate(starts):
                 if cutoff is not None:
@@ -349,7 +350,7 @@ def evaluate(
                     model_path = names.run_dir / f"model-{k}.bin"
                     if on_progress:
                         on_progress("train model", k - 1, len(plan))
-                    report = _train(es, cutoff_ms=cutoff, label_delay_ms=delay, out=model_path)
+                    report = _train(es, cutoff_ms=cutoff, label_delay_ms=delay, out=model_path, cache=replayed)
                     result.models.append(
                         {
                             "cutoff_ms": cutoff,
@@ -358,6 +359,7 @@ def evaluate(
                             "frauds": report.frauds,
                             "version": report.version,
                             "rules_weight": report.rules_weight,
+                            "rows_replayed": report.rows_replayed,
                             "path": str(model_path),
                         }
                     )
@@ -751,10 +753,12 @@ def _fetch(store: Store, sql: str, names: EvalNames) -> list[tuple[Any, ...]]:
     return store.query_rows(sql.replace("{db}", quote_identifier(names.database)))
 
 
-def _train(es: Settings, *, cutoff_ms: int, label_delay_ms: int | None, out: Path) -> TrainReport:
+def _train(
+    es: Settings, *, cutoff_ms: int, label_delay_ms: int | None, out: Path, cache: ReplayCache | None = None
+) -> TrainReport:
     from pipelines.fraudeval.train import train
 
-    return train(settings=es, until_ms=cutoff_ms, label_delay_ms=label_delay_ms, out=out)
+    return train(settings=es, until_ms=cutoff_ms, label_delay_ms=label_delay_ms, out=out, cache=cache)
 
 
 def _cleanup(es: Settings, names: EvalNames) -> None:
