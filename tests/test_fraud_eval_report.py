@@ -128,6 +128,37 @@ def test_a_few_rows_the_contract_refuses_are_counted_not_fatal(tmp_path: Path) -
         check_inputs(settings, corpus, merchants=None)
 
 
+@pytest.mark.parametrize(
+    ("column", "odd", "rule", "refusal"),
+    [
+        ("merchant_id", "T999", "known_merchant", "not in the merchant dimension"),
+        ("currency", "XTS", "known_currency", "without an FX rate"),
+        ("country", "ZZ", "country_code", "not ISO 3166-1 alpha-2"),
+    ],
+)
+def test_a_reference_value_on_a_few_rows_is_counted_on_many_refused(
+    tmp_path: Path, column: str, odd: str, rule: str, refusal: str
+) -> None:
+    """One row of 200 with a merchant, currency or country the reference lacks: counted like any
+    dead letter; on 3 of 200 (past MAX_DEAD_LETTER_SHARE) the run is refused with that check's own fix."""
+    from pipelines.fraudeval.corpus import load_corpus
+    from pipelines.fraudeval.run import check_inputs
+
+    settings = load_settings(REPO / "configs" / "nova.yaml", environ={})
+    pq.write_table(_labels(200), tmp_path / "labels.parquet")
+    tx = _transactions(200)
+    for name, odd_rows in (("one.parquet", 1), ("three.parquet", 3)):
+        values = [odd] * odd_rows + tx[column].to_pylist()[odd_rows:]
+        pq.write_table(tx.set_column(tx.schema.get_field_index(column), column, pa.array(values)), tmp_path / name)
+        corpus = load_corpus(settings, tmp_path / name, tmp_path / "labels.parquet")
+        if odd_rows == 1:
+            assert check_inputs(settings, corpus, merchants=None) == {rule: 1}
+        else:
+            with pytest.raises(UsageError, match=f"3 of the corpus's 200|in 3 of its 200") as caught:
+                check_inputs(settings, corpus, merchants=None)
+            assert refusal in str(caught.value) and odd in str(caught.value)
+
+
 def test_the_command_exits_2_naming_the_problem_and_the_fix(tmp_path: Path) -> None:
     pq.write_table(_transactions(merchant="T999"), tmp_path / "tx.parquet")
     pq.write_table(_labels(), tmp_path / "labels.parquet")
