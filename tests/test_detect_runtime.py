@@ -461,21 +461,25 @@ def test_late_labels_raise_merchant_risk_and_alert_later_transactions_only(det: 
     assert len(scores) == len(through_shop) + 3
 
 
+def ingest_labelled(det: DetectEnv, *, count: int, days: int, seed: int, label_delay: str, labels: int) -> None:
+    """Generated traffic at 3 % fraud with its labels on the labels topic, ingested until > `labels` are stored."""
+    det.pe.nova(
+        "generate", "--count", str(count), "--fraud-rate", "0.03", "--spread-days", str(days), "--seed", str(seed),
+        "--label-delay", label_delay, "--labels-topic", det.labels_topic,
+    )  # fmt: skip
+    for _ in range(5):
+        det.ingest()
+        if int(det.pe.scalar(f"SELECT count() AS n FROM {det.pe.database}.fraud_labels FINAL")) > labels:
+            return
+    raise AssertionError("the labels never reached fraud_labels")
+
+
 def test_fraud_train_learns_the_stored_history_and_the_workers_score_with_it(det: DetectEnv, tmp_path: Path) -> None:
     """`nova fraud train` on what the pipeline stored: the artifact, its blend choice, and the workers using it."""
     from pipelines.detect.features import FEATURE_NAMES
     from pipelines.detect.model import FraudModel
 
-    det.pe.nova(
-        "generate", "--count", "20000", "--fraud-rate", "0.03", "--spread-days", "6", "--seed", "3",
-        "--label-delay", "1h..12h", "--labels-topic", det.labels_topic,
-    )  # fmt: skip
-    for _ in range(5):
-        det.ingest()
-        if int(det.pe.scalar(f"SELECT count() AS n FROM {det.pe.database}.fraud_labels FINAL")) > 500:
-            break
-    else:
-        raise AssertionError("the labels never reached fraud_labels")
+    ingest_labelled(det, count=20000, days=6, seed=3, label_delay="1h..12h", labels=500)
     out = tmp_path / "fraud.model"
     report = json.loads(det.pe.nova("fraud", "train", "--out", str(out), "--label-delay", "12h", "--json").stdout)
     assert report["rows_read"] >= 20000 and 0 < report["rows_trained"] < report["rows_read"]
@@ -535,16 +539,7 @@ def test_fraud_train_with_a_replay_cache_replays_only_new_rows_and_trains_the_sa
     import subprocess
     import sys
 
-    det.pe.nova(
-        "generate", "--count", "12000", "--fraud-rate", "0.03", "--spread-days", "4", "--seed", "5",
-        "--label-delay", "1h..6h", "--labels-topic", det.labels_topic,
-    )  # fmt: skip
-    for _ in range(5):
-        det.ingest()
-        if int(det.pe.scalar(f"SELECT count() AS n FROM {det.pe.database}.fraud_labels FINAL")) > 300:
-            break
-    else:
-        raise AssertionError("the labels never reached fraud_labels")
+    ingest_labelled(det, count=12000, days=4, seed=5, label_delay="1h..6h", labels=300)
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOVA_")} | det.pe.env
     done = subprocess.run(
         [sys.executable, "-c", REPLAY_CACHE_CHECK, str(REPO / "configs" / "nova.yaml"), str(tmp_path)],
