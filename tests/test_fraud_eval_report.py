@@ -154,7 +154,7 @@ def test_a_reference_value_on_a_few_rows_is_counted_on_many_refused(
         if odd_rows == 1:
             assert check_inputs(settings, corpus, merchants=None) == {rule: 1}
         else:
-            with pytest.raises(UsageError, match=f"3 of the corpus's 200|in 3 of its 200") as caught:
+            with pytest.raises(UsageError, match=r"3 of the corpus's 200|in 3 of its 200") as caught:
                 check_inputs(settings, corpus, merchants=None)
             assert refusal in str(caught.value) and odd in str(caught.value)
 
