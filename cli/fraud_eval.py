@@ -230,6 +230,16 @@ def format_train(report: TrainReport) -> Table:
             )
         )
     rows.append(("scores by", "the model alone" if report.rules_weight == 0 else "the rules and the model"))
+    if report.alert_threshold is not None:
+        recall, precision = v.get("recall_model"), v.get("precision_model")
+        rows.append(
+            (
+                "alerts at (the model's probability)",
+                f"{report.alert_threshold:.4f}"
+                + (f" · validation recall {recall:.1%}" if recall is not None else "")
+                + (f", precision {precision:.1%}" if precision is not None else ""),
+            )
+        )
     rows.append(("elapsed", f"{report.elapsed_s:.1f} s"))
     for name, value in rows:
         table.add_row(name, _common.cell(value))

@@ -22,7 +22,7 @@ from pipelines.config import load_settings
 from pipelines.detect.config import DetectionConfig, load_detection_config, parse_detection_config
 from pipelines.detect.engine import Detector, Scored
 from pipelines.detect.features import FEATURE_NAMES, INITIAL_CARDS, CardState, table_size
-from pipelines.detect.model import FraudModel, train_model
+from pipelines.detect.model import FraudModel, _threshold_alone, train_model
 from pipelines.errors import ConfigError, StoreError
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00Z
@@ -594,6 +594,63 @@ def test_rules_score_is_a_feature_and_the_model_chooses_its_rules_weight(tmp_pat
     assert both.rule_score is not None and both.model_score is not None
     expected = 1 - (1 - both.rule_score.astype(np.float64)) * (1 - both.model_score.astype(np.float64))
     np.testing.assert_allclose(both.score, expected, atol=1e-6)
+
+
+def test_a_model_ranking_alone_alerts_at_its_own_threshold_keeping_the_recall_of_rules_and_model(
+    tmp_path: Path,
+) -> None:
+    features, _ = _training_data()
+    n = len(features["log_amount"])
+    t = np.arange(n, dtype=np.int64) * MIN
+    big = features["log_amount"] > np.median(features["log_amount"])
+    # the frauds are the big amounts, but 40 % of them are not reported yet (labelled legitimate), so the
+    # model's probability on them is ~0.6; the rules shout on the small ones and see half of the big ones
+    reported = big & (np.random.default_rng(0).random(n) < 0.6)
+    half = np.arange(n) % 2 == 0
+    partial = {**features, "rules_score": np.where(big, np.where(half, 0.75, 0.0), 1.0).astype(np.float32)}
+    model = train_model(partial, reported, trees=20, event_time_ms=t)
+    v = model.summary["validation"]
+    assert model.rules_weight == 0.0 and v["chosen"] == "model"
+    assert model.alert_threshold is not None and model.alert_threshold == v["alert_threshold"] < 0.7
+    assert v["recall_model"] >= v["recall_rules_and_model"] > 0.2
+    loaded = FraudModel.load(model.save(tmp_path / "alone.model"))
+    assert loaded.alert_threshold == model.alert_threshold
+    det = Detector(DetectionConfig(), loaded)
+    assert det.alert_threshold == model.alert_threshold
+    scored = det.process(STREAM)
+    assert scored.model_score is not None
+    mine = scored.model_score >= np.float32(model.alert_threshold)
+    assert mine.any() and (scored.alert == mine).all()
+    # the config's model.alert_threshold overrides it; beside the rules the config's alert_threshold holds
+    fixed = Detector(parse_detection_config({"model": {"alert_threshold": 0.9}}), loaded)
+    assert fixed.alert_threshold == 0.9
+    half_weight = Detector(parse_detection_config({"model": {"weight": 0.5}}), loaded)
+    assert half_weight.alert_threshold == pytest.approx(0.5 * model.alert_threshold)
+    beside = Detector(parse_detection_config({"model": {"rules_weight": 1}}), loaded)
+    assert beside.alert_threshold == 0.7
+    assert Detector(DetectionConfig()).alert_threshold == 0.7
+    # frauds only in the latest part of the history: nothing to fit the judging model on, the rules stay
+    late_only = reported & (t >= np.percentile(t, 80))
+    assert int(late_only.sum()) >= 20
+    kept = train_model(partial, late_only, trees=20, event_time_ms=t)
+    assert kept.rules_weight == 1.0 and kept.alert_threshold is None
+    assert "too few" in kept.summary["validation"]["chosen"]
+
+
+def test_the_threshold_alone_keeps_the_recall_of_rules_and_model_unless_it_costs_their_precision() -> None:
+    fraud = np.array([True, True, True, True, False, False, False, False, False, False])
+    together = np.array([0.9, 0.9, 0.8, 0.1, 0.9, 0.1, 0.1, 0.1, 0.1, 0.1])  # 3 of 4 frauds, precision 3/4
+    # the model puts those 3 frauds at 0.5, 0.4, 0.3 and the legitimate rows below: 0.3 keeps the recall
+    p = np.array([0.5, 0.4, 0.3, 0.01, 0.2, 0.1, 0.05, 0.04, 0.03, 0.02])
+    assert _threshold_alone(fraud, p, together, 0.7) == pytest.approx(0.3)
+    # ...and never above the config's threshold
+    assert _threshold_alone(fraud, p * 3, together, 0.7) == pytest.approx(0.7)
+    # the other frauds below every legitimate row: catching a third would cost precision (3/9 < 3/4), so
+    # the lowest probability that keeps 3/4 (the first two frauds alone: 2/2; with the 0.2 row 2/3)
+    buried = np.array([0.5, 0.4, 0.001, 0.01, 0.2, 0.1, 0.05, 0.04, 0.03, 0.02])
+    assert _threshold_alone(fraud, buried, together, 0.7) == pytest.approx(0.4)
+    # the rules and the model caught nothing: the config's threshold
+    assert _threshold_alone(fraud, p, np.zeros(10), 0.7) == 0.7
 
 
 def test_model_with_other_features_or_damaged_is_refused(tmp_path: Path) -> None:

@@ -7,7 +7,8 @@ get a partial score and the score ranks rows (ROC AUC, average precision) instea
 The score combines the rules' `weight × strength` by noisy-OR: ``r = 1 − Π(1 − wᵢ·sᵢ)``; a
 loaded model's probability `p` joins it: ``1 − (1 − model.rules_weight·r)(1 − model.weight·p)``, where an
 unset rules_weight is the model's own (0 or 1, chosen on held-out labelled rows when it was trained).
-A row alerts when its score reaches `alert_threshold`, or when a rule marked `alert: true` fires.
+A row alerts when its score reaches `alert_threshold` (a model ranking alone: `model.alert_threshold`,
+by default the one it chose when trained), or when a rule marked `alert: true` fires.
 
 The windows (1 min … 30 d) and features are fixed in code (`features.FEATURE_NAMES`): a model is
 trained on them, and a state snapshot holds them. Changing rules here never invalidates state.
@@ -224,6 +225,17 @@ class ModelBlend(_Strict):
             "0 ranks by the model alone (rules still fire, are named, and alert if marked alert). Unset: the "
             "model's own choice, made when it was trained (see model.train_model): 0 if on the latest part of "
             "its training history the model alone ranked the frauds better than with the rules beside it, else 1."
+        ),
+    )
+    alert_threshold: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description=(
+            "With a model ranking alone (rules_weight 0), alert when weight × p reaches this. Unset: the model's "
+            "own, chosen when it was trained (see model.train_model): the highest probability that catches as "
+            "many frauds of its validation part as the rules and the model together did at alert_threshold, "
+            "and never above alert_threshold; a model without one uses alert_threshold."
         ),
     )
 

@@ -86,6 +86,18 @@ class Detector:
         return None if self.model is None else self.model.version
 
     @property
+    def alert_threshold(self) -> float:
+        """The score a row alerts at: the config's, or with a model ranking alone its own (see config.ModelBlend)."""
+        blend, model = self.config.model, self.model
+        if model is None or (model.rules_weight if blend.rules_weight is None else blend.rules_weight) != 0:
+            return self.config.alert_threshold
+        if blend.alert_threshold is not None:
+            return blend.alert_threshold
+        if model.alert_threshold is not None:
+            return blend.weight * model.alert_threshold
+        return self.config.alert_threshold
+
+    @property
     def cards(self) -> int:
         """Distinct cards in the state."""
         return self._state.cards
@@ -173,7 +185,7 @@ class Detector:
             rules_weight = self.model.rules_weight if blend.rules_weight is None else blend.rules_weight
             score = 1.0 - (1.0 - rules_weight * score) * (1.0 - blend.weight * model_p)
         score32 = np.clip(score, 0.0, 1.0).astype(np.float32)
-        threshold = np.float32(self.config.alert_threshold)
+        threshold = np.float32(self.alert_threshold)
         alert = (score32 >= threshold) | result.alerting
         names = self._names(result.fired)
         if model_p is not None:  # the model is named where it alone reaches the threshold: an alert says why

@@ -376,6 +376,7 @@ def evaluate(
                             "frauds": report.frauds,
                             "version": report.version,
                             "rules_weight": report.rules_weight,
+                            "alert_threshold": report.alert_threshold,
                             "rows_replayed": report.rows_replayed,
                             "path": str(model_path),
                         }

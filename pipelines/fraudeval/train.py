@@ -73,6 +73,7 @@ class TrainReport:
     until: str
     elapsed_s: float
     rules_weight: float = 1.0  # the model's choice (FraudModel.rules_weight)
+    alert_threshold: float | None = None  # ranking alone, the probability it alerts at (FraudModel.alert_threshold)
     rows_replayed: int = 0  # of rows_read, those replayed by this call (the rest came from a ReplayCache)
     validation: dict[str, Any] | None = None  # the figures it was chosen on
 
@@ -241,7 +242,13 @@ def train(
     labels = np.concatenate(label_parts)
     if on_progress:
         on_progress("train: fit", 0, 1)
-    model = train_model(features, labels, method=method, event_time_ms=np.concatenate(time_parts))
+    model = train_model(
+        features,
+        labels,
+        method=method,
+        event_time_ms=np.concatenate(time_parts),
+        alert_threshold=config.alert_threshold,
+    )
     model.summary.update({"until": _iso(cutoff), "history_ms": history_ms, "label_delay_ms": label_delay_ms})
     out.parent.mkdir(parents=True, exist_ok=True)
     model.save(out)
@@ -256,6 +263,7 @@ def train(
         until=_iso(cutoff),
         elapsed_s=time.monotonic() - started,
         rules_weight=model.rules_weight,
+        alert_threshold=model.alert_threshold,
         rows_replayed=replayed,
         validation=model.summary.get("validation"),
     )
