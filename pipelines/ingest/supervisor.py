@@ -72,6 +72,7 @@ def _child(settings_json: str, source: str, root: str, index: int, until_caught_
             on_status=report,
             stop_event=stop,
             coordinated=True,
+            own_process=True,
         )
     except NovaError as exc:  # an expected failure (e.g. table missing): no point restarting
         sender.close({"fatal": exc.to_dict()})
